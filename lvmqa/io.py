@@ -1,0 +1,473 @@
+"""Datasets: origin bank and sequences files, behind one read-only, streaming view.
+
+Formats and key aliases follow ``../shared/origin-notes.md``:
+
+* **bank** — one row per chunk (``vectors``/``embeddings``, ``concept_texts``,
+  ``cpe_ids``, ``article_indices``, ``chunk_indices``, ``article_titles``). Windows
+  are derived inside each article in chunk order.
+* **sequences** — ``context_sequences``/``contexts``/``train_context_sequences``
+  (N, C, D) plus ``target_vectors``/``targets``/``train_target_vectors`` (N, D), with
+  optional texts, ids, positions and per-sequence or single-dict ``metadata``; or
+  ``context_indices``/``target_indices`` into a ``vectors`` array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from lvmqa.errors import DatasetFormatError
+from lvmqa.npzfile import DataFile, Member
+
+TARGET_KEYS = ("target_vectors", "targets", "train_target_vectors")
+CONTEXT_KEYS = ("context_sequences", "contexts", "train_context_sequences")
+BANK_VECTOR_KEYS = ("vectors", "embeddings")
+FLOAT_KINDS = ("f",)
+CHUNK_BYTES = 64 * 1024 * 1024
+
+META_COLUMNS = {
+    "article": "Int64",
+    "chunk": "Int64",
+    "target_id": "string",
+    "title": "string",
+    "context_articles_differ": "boolean",
+    "context_chunks_consecutive": "boolean",
+}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    stop: int
+    contexts: np.ndarray  # (k, C, D) float32
+    targets: np.ndarray  # (k, D) float32
+
+
+def _first(data: DataFile, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in data), None)
+
+
+class Dataset:
+    """A read-only view of a bank or sequences file; see docs/architecture.md."""
+
+    kind: Literal["sequences", "bank"]
+
+    def __init__(self, path: str | Path, *, context_length: int = 5) -> None:
+        self.path = Path(path)
+        self.data = DataFile(self.path)
+        self.source = str(self.path)
+        self.keys: dict[str, str] = {}
+        self.file_metadata: dict[str, Any] = {}
+        self._sha256: str | None = None
+        self.target_texts: np.ndarray | None = None
+        self.context_texts: np.ndarray | None = None
+        self._bank_rows: np.ndarray | None = None  # bank: (n,) target row per window
+        self._bank_context_rows: np.ndarray | None = None  # bank: (n, C)
+        self._bank_table: pd.DataFrame | None = None
+        self._vectors: Member | None = None  # bank / index-based sequences
+        self._targets: Member | None = None
+        self._contexts: Member | None = None
+        self._collect_scalars()
+        if _first(self.data, CONTEXT_KEYS) or _first(self.data, TARGET_KEYS):
+            self.kind = "sequences"
+            self._open_sequences()
+        elif "context_indices" in self.data and _first(self.data, BANK_VECTOR_KEYS):
+            self.kind = "sequences"
+            self._open_index_sequences()
+        elif _first(self.data, BANK_VECTOR_KEYS):
+            self.kind = "bank"
+            self.context_length = context_length
+            self._open_bank()
+        else:
+            raise DatasetFormatError(
+                "no vector array found", path=self.path, key=None,
+                expected=f"one of {', '.join(TARGET_KEYS + BANK_VECTOR_KEYS)}",
+                found=f"keys {sorted(self.data.keys()) or 'none'}",
+            )
+        self.meta = self._build_meta()
+        self.has_article_ids = bool(len(self.meta)) and not self.meta["article"].isna().any()
+
+    # ----------------------------------------------------------------- opening
+    def _collect_scalars(self) -> None:
+        for key, member in self.data.members.items():
+            if member.shape == ():
+                value = member.load()
+                item = value.item() if isinstance(value, np.ndarray) else value
+                if key == "metadata" and isinstance(item, dict):
+                    self.file_metadata.update(item)
+                elif key == "manifest" and isinstance(item, (str, bytes)):
+                    self.file_metadata["manifest"] = _parse_json(item, self.source, key)
+                else:
+                    self.file_metadata[key] = item
+        for key, raw in self.data.json_members.items():
+            self.file_metadata[key] = _parse_json(raw, self.source, key)
+
+    def _float_member(self, key: str, ndim: int, what: str) -> Member:
+        member = self.data.members[key]
+        if member.dtype.kind not in FLOAT_KINDS:
+            raise DatasetFormatError(
+                f"{what} must be floating point", path=self.path, key=key,
+                expected="float16, float32 or float64", found=str(member.dtype))
+        if len(member.shape) != ndim:
+            raise DatasetFormatError(
+                f"{what} have the wrong number of dimensions", path=self.path, key=key,
+                expected=f"{ndim}-D", found=f"shape {member.shape}")
+        return member
+
+    def _open_sequences(self) -> None:
+        target_key = _first(self.data, TARGET_KEYS)
+        context_key = _first(self.data, CONTEXT_KEYS)
+        if target_key is None:
+            raise DatasetFormatError("missing target vectors", path=self.path,
+                                     expected=f"one of {', '.join(TARGET_KEYS)}",
+                                     found=f"keys {sorted(self.data.keys())}")
+        if context_key is None:
+            raise DatasetFormatError("missing context vectors", path=self.path,
+                                     expected=f"one of {', '.join(CONTEXT_KEYS)}",
+                                     found=f"keys {sorted(self.data.keys())}")
+        self.keys.update(targets=target_key, contexts=context_key)
+        self._targets = self._float_member(target_key, 2, "target vectors")
+        self._contexts = self._float_member(context_key, 3, "context vectors")
+        n, dim = self._targets.shape
+        cn, c, cdim = self._contexts.shape
+        if cn != n:
+            raise DatasetFormatError(
+                "contexts and targets disagree in length", path=self.path, key=context_key,
+                expected=f"{n} rows like '{target_key}'", found=f"{cn}")
+        if cdim != dim:
+            raise DatasetFormatError(
+                "context dimension differs from target dimension", path=self.path,
+                key=context_key, expected=f"D={dim} like '{target_key}'", found=f"D={cdim}")
+        self._check_nonempty(n, dim, c)
+        self.n, self.dim, self.context_length = n, dim, c
+        self.stored_dtype = self._targets.dtype
+        self.target_texts = self._text_column("target_texts", (n,))
+        self.context_texts = self._text_column("context_texts", (n, c))
+
+    def _open_index_sequences(self) -> None:
+        vec_key = _first(self.data, BANK_VECTOR_KEYS)
+        assert vec_key is not None
+        self._vectors = self._float_member(vec_key, 2, "vectors")
+        ctx_idx = self._int_member("context_indices", 2)
+        tgt_key = "target_indices" if "target_indices" in self.data else None
+        if tgt_key is None:
+            raise DatasetFormatError("missing target indices", path=self.path,
+                                     key="target_indices", expected="(N,) integer array")
+        tgt_idx = self._int_member(tgt_key, 1)
+        if len(tgt_idx) != len(ctx_idx):
+            raise DatasetFormatError("context and target indices disagree in length",
+                                     path=self.path, key="context_indices",
+                                     expected=f"{len(tgt_idx)} rows", found=f"{len(ctx_idx)}")
+        rows = self._vectors.shape[0]
+        for key, arr in (("context_indices", ctx_idx), ("target_indices", tgt_idx)):
+            if arr.size and (arr.min() < 0 or arr.max() >= rows):
+                raise DatasetFormatError("index out of range", path=self.path, key=key,
+                                         expected=f"0..{rows - 1}",
+                                         found=f"{int(arr.min())}..{int(arr.max())}")
+        self.keys.update(vectors=vec_key, contexts="context_indices", targets=tgt_key)
+        self._bank_rows = tgt_idx.astype(np.int64)
+        self._bank_context_rows = ctx_idx.astype(np.int64)
+        self.n, self.context_length = len(tgt_idx), ctx_idx.shape[1]
+        self.dim = self._vectors.shape[1]
+        self._check_nonempty(self.n, self.dim, self.context_length)
+        self.stored_dtype = self._vectors.dtype
+        self.target_texts = self._text_column("target_texts", (self.n,))
+        self.context_texts = None
+
+    def _open_bank(self) -> None:
+        vec_key = _first(self.data, BANK_VECTOR_KEYS)
+        assert vec_key is not None
+        self.keys["vectors"] = vec_key
+        self._vectors = self._float_member(vec_key, 2, "bank vectors")
+        rows, self.dim = self._vectors.shape
+        if rows == 0:
+            raise DatasetFormatError("bank has no rows", path=self.path, key=vec_key,
+                                     expected="N >= 1", found="N=0")
+        self.stored_dtype = self._vectors.dtype
+        table = pd.DataFrame(index=pd.RangeIndex(rows))
+        for column, key, dtype in (("article", "article_indices", "Int64"),
+                                   ("chunk", "chunk_indices", "Int64"),
+                                   ("target_id", "cpe_ids", "string"),
+                                   ("title", "article_titles", "string")):
+            table[column] = self._per_row(key, rows, dtype)
+        texts = self._text_column("concept_texts", (rows,))
+        self._bank_table = table
+        self._bank_texts = texts
+        c = self.context_length
+        has_ids = not table["article"].isna().any() and not table["chunk"].isna().any()
+        if has_ids:
+            order = np.lexsort((table["chunk"].to_numpy(np.int64),
+                                table["article"].to_numpy(np.int64)))
+            articles = table["article"].to_numpy(np.int64)[order]
+        else:  # no ids: the whole bank is one article in file order
+            order = np.arange(rows)
+            articles = np.zeros(rows, dtype=np.int64)
+        position = np.arange(rows) - np.searchsorted(articles, articles, side="left")
+        window_pos = np.flatnonzero(position >= c)
+        if window_pos.size == 0:
+            raise DatasetFormatError(
+                "bank has no article with more chunks than the context length",
+                path=self.path, key="article_indices",
+                expected=f"at least one article with > {c} chunks", found="none")
+        self._bank_rows = order[window_pos]
+        self._bank_context_rows = order[window_pos[:, None] + np.arange(-c, 0)[None, :]]
+        self.n = int(window_pos.size)
+        if texts is not None:
+            self.target_texts = texts[self._bank_rows]
+            self.context_texts = texts[self._bank_context_rows]
+        self.keys["targets"] = vec_key
+
+    def _check_nonempty(self, n: int, dim: int, c: int) -> None:
+        if n == 0:
+            raise DatasetFormatError("dataset has no sequences", path=self.path,
+                                     key=self.keys.get("targets"), expected="N >= 1",
+                                     found="N=0")
+        if dim == 0 or c == 0:
+            raise DatasetFormatError("vectors have zero width", path=self.path,
+                                     key=self.keys.get("contexts"), expected="C >= 1 and D >= 1",
+                                     found=f"C={c}, D={dim}")
+
+    def _int_member(self, key: str, ndim: int) -> np.ndarray:
+        member = self.data.members[key]
+        arr = member.load()
+        if arr.dtype.kind not in "iu" or arr.ndim != ndim:
+            raise DatasetFormatError("index array has the wrong type", path=self.path, key=key,
+                                     expected=f"{ndim}-D integers",
+                                     found=f"{arr.dtype} shape {arr.shape}")
+        return np.asarray(arr)
+
+    def _text_column(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if key not in self.data:
+            return None
+        arr = np.asarray(self.data.members[key].load())
+        if arr.shape != shape:
+            raise DatasetFormatError("texts disagree in length with the vectors",
+                                     path=self.path, key=key, expected=f"shape {shape}",
+                                     found=f"shape {arr.shape}")
+        self.keys[key] = key
+        return arr.astype(object) if arr.dtype != object else arr
+
+    def _per_row(self, key: str, rows: int, dtype: str) -> pd.Series:
+        if key not in self.data:
+            return pd.Series(pd.array([pd.NA] * rows, dtype=dtype))
+        arr = np.asarray(self.data.members[key].load())
+        if arr.shape != (rows,):
+            raise DatasetFormatError("per-row array disagrees in length", path=self.path,
+                                     key=key, expected=f"shape ({rows},)",
+                                     found=f"shape {arr.shape}")
+        self.keys[key] = key
+        if dtype == "Int64":
+            if arr.dtype.kind not in "iu":
+                raise DatasetFormatError("ids must be integers", path=self.path, key=key,
+                                         expected="integer array", found=str(arr.dtype))
+            return pd.Series(pd.array(arr.astype(np.int64), dtype="Int64"))
+        return pd.Series(pd.array([_as_text(v) for v in arr], dtype="string"))
+
+    # -------------------------------------------------------------- metadata
+    def _build_meta(self) -> pd.DataFrame:
+        n = self.n
+        meta = pd.DataFrame(index=pd.RangeIndex(n))
+        for column, dtype in META_COLUMNS.items():
+            meta[column] = pd.Series(pd.array([pd.NA] * n, dtype=dtype))
+        if self.kind == "bank" or self._bank_rows is not None and self._bank_table is not None:
+            assert self._bank_table is not None and self._bank_rows is not None
+            rows = self._bank_rows
+            for column in ("article", "chunk", "target_id", "title"):
+                meta[column] = self._bank_table[column].to_numpy()[rows]
+                meta[column] = meta[column].astype(META_COLUMNS[column])
+            if self.has_bank_ids():
+                ctx_rows = self._bank_context_rows
+                assert ctx_rows is not None
+                art = self._bank_table["article"].to_numpy(np.int64)
+                chk = self._bank_table["chunk"].to_numpy(np.int64)
+                all_rows = np.concatenate([ctx_rows, rows[:, None]], axis=1)
+                meta["context_articles_differ"] = (art[all_rows] != art[rows][:, None]).any(1)
+                meta["context_chunks_consecutive"] = (np.diff(chk[all_rows], axis=1) == 1).all(1)
+            return meta
+        per_seq = self._per_sequence_metadata()
+        if per_seq is not None:
+            for column in per_seq.columns:
+                meta[column] = per_seq[column]
+        if "target_ids" in self.data:
+            meta["target_id"] = self._per_row("target_ids", n, "string").to_numpy()
+        if "article_ids" in self.data:
+            meta["article"] = self._per_row("article_ids", n, "Int64").to_numpy()
+        if "sequence_positions" in self.data:
+            meta["position"] = self._per_row("sequence_positions", n, "Int64").to_numpy()
+        for column, dtype in META_COLUMNS.items():
+            meta[column] = meta[column].astype(dtype)
+        return meta
+
+    def has_bank_ids(self) -> bool:
+        table = self._bank_table
+        return table is not None and not table["article"].isna().any() \
+            and not table["chunk"].isna().any()
+
+    def _per_sequence_metadata(self) -> pd.DataFrame | None:
+        if "metadata" not in self.data or self.data.members["metadata"].shape == ():
+            return None
+        raw = np.asarray(self.data.members["metadata"].load(), dtype=object)
+        if raw.shape != (self.n,):
+            raise DatasetFormatError("per-sequence metadata disagrees in length",
+                                     path=self.path, key="metadata",
+                                     expected=f"{self.n} dicts", found=f"shape {raw.shape}")
+        bad = next((i for i, v in enumerate(raw) if not isinstance(v, Mapping)), None)
+        if bad is not None:
+            raise DatasetFormatError("per-sequence metadata must hold dicts", path=self.path,
+                                     key="metadata", expected="a dict per sequence",
+                                     found=f"{type(raw[bad]).__name__} at row {bad}")
+        self.keys["metadata"] = "metadata"
+        records = pd.DataFrame.from_records(list(raw))
+        out = pd.DataFrame(index=pd.RangeIndex(self.n))
+
+        def column(name: str) -> pd.Series | None:
+            return records[name] if name in records.columns else None
+
+        article = column("article_index")
+        if article is not None:
+            out["article"] = _to_int(article, self.source, "metadata.article_index")
+        chunk = column("target_chunk_index")
+        if chunk is not None:
+            out["chunk"] = _to_int(chunk, self.source, "metadata.target_chunk_index")
+        cpe = column("target_cpe_id")
+        if cpe is not None:
+            out["target_id"] = pd.array([_as_text(v) for v in cpe], dtype="string")
+        differ = pd.Series(pd.array([pd.NA] * self.n, dtype="boolean"))
+        last = column("last_context_article")
+        if last is not None and article is not None:
+            last_i = _to_int(last, self.source, "metadata.last_context_article")
+            differ = (last_i != out["article"]).astype("boolean")
+        crosses = column("crosses_article")
+        if crosses is not None:
+            crosses_b = pd.array([None if v is None else bool(v) for v in crosses],
+                                 dtype="boolean")
+            differ = differ.fillna(False) | crosses_b if last is not None else \
+                pd.Series(crosses_b)
+        out["context_articles_differ"] = differ
+        return out
+
+    def bank_table(self) -> pd.DataFrame:
+        """Per-ROW table of a bank (target_id, article, chunk, title)."""
+        if self._bank_table is None:
+            raise DatasetFormatError("not a bank", path=self.path)
+        return self._bank_table
+
+    # ------------------------------------------------------------------ reads
+    def target_rows(self, start: int, stop: int) -> np.ndarray:
+        if self._targets is not None:
+            return _f32(self._targets.rows(start, stop))
+        return self.targets_at(np.arange(start, min(stop, self.n)))
+
+    def context_rows(self, start: int, stop: int) -> np.ndarray:
+        if self._contexts is not None:
+            return _f32(self._contexts.rows(start, stop))
+        return self.contexts_at(np.arange(start, min(stop, self.n)))
+
+    def targets_at(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        if self._targets is not None:
+            return _take_rows(self._targets, idx)
+        assert self._vectors is not None and self._bank_rows is not None
+        return _take_rows(self._vectors, self._bank_rows[idx])
+
+    def contexts_at(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        if self._contexts is not None:
+            return _take_rows(self._contexts, idx)
+        assert self._vectors is not None and self._bank_context_rows is not None
+        rows = self._bank_context_rows[idx]
+        flat = _take_rows(self._vectors, rows.reshape(-1))
+        return flat.reshape(len(idx), self.context_length, self.dim)
+
+    def chunk_rows(self) -> int:
+        row_bytes = (self.context_length + 1) * self.dim * 4
+        return max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+    def iter_chunks(self, rows: int | None = None) -> Iterator[Chunk]:
+        step = rows or self.chunk_rows()
+        for start in range(0, self.n, step):
+            stop = min(start + step, self.n)
+            yield Chunk(start, stop, self.context_rows(start, stop), self.target_rows(start, stop))
+
+    def iter_target_chunks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        step = rows or self.chunk_rows() * (self.context_length + 1)
+        for start in range(0, self.n, step):
+            yield start, self.target_rows(start, min(start + step, self.n))
+
+    def targets_matrix(self) -> np.ndarray:
+        """(n, D) float32: the stored array itself when it is float32 on disk."""
+        if self._targets is not None and self._targets.dtype == np.float32 \
+                and not self._targets.header.fortran_order:
+            return self._targets.mmap()
+        out = np.empty((self.n, self.dim), dtype=np.float32)
+        for start, block in self.iter_target_chunks():
+            out[start:start + len(block)] = block
+        return out
+
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            paths = sorted(self.path.glob("*")) if self.path.is_dir() else [self.path]
+            for path in paths:
+                with open(path, "rb") as handle:
+                    while block := handle.read(8 * 1024 * 1024):
+                        digest.update(block)
+            self._sha256 = "sha256:" + digest.hexdigest()
+        return self._sha256
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "n_sequences": self.n,
+                "dim": self.dim, "context_length": self.context_length,
+                "stored_dtype": str(self.stored_dtype), "keys": dict(self.keys),
+                "has_article_ids": self.has_article_ids}
+
+
+def _take_rows(member: Member, idx: np.ndarray) -> np.ndarray:
+    if idx.size == 0:
+        return np.empty((0, *member.shape[1:]), dtype=np.float32)
+    array = member.mmap()
+    order = np.argsort(idx, kind="stable")  # sorted access is sequential on disk
+    out = np.empty((len(idx), *member.shape[1:]), dtype=np.float32)
+    out[order] = array[idx[order]]
+    return out
+
+
+def _f32(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype == np.float32 else array.astype(np.float32)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _to_int(series: pd.Series, source: str, key: str) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    bad = series.notna() & values.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DatasetFormatError("metadata field must be an integer", path=source, key=key,
+                                 expected="integer", found=f"{series.iloc[row]!r} at row {row}")
+    return values.round().astype("Int64")
+
+
+def _parse_json(raw: str | bytes, source: str, key: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise DatasetFormatError("member is not valid JSON", path=source, key=key) from None
+
+
+def open_dataset(path: str | Path, *, context_length: int = 5) -> Dataset:
+    """Open a bank or sequences file (npz, npy folder) as a read-only Dataset."""
+    return Dataset(path, context_length=context_length)

@@ -1,0 +1,130 @@
+"""Pure numpy metrics on vectors, and the ``norms`` check.
+
+Everything here works on blocks of rows so a pass over a 13 GB file keeps memory
+flat; statistics are accumulated in float64 and merged across blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lvmqa.results import CheckResult, Gate, from_gates
+
+if TYPE_CHECKING:
+    from lvmqa.checks import CheckContext
+
+NORM_MEAN_TOLERANCE = 0.01
+NORM_STD_MAX = 0.01
+ZERO_NORM = 1e-12
+
+
+def row_norms(block: np.ndarray) -> np.ndarray:
+    """L2 norm of each vector along the last axis, computed in float64."""
+    return np.sqrt(np.einsum("...d,...d->...", block, block, dtype=np.float64))
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of matching rows; NaN where either vector is zero or non-finite."""
+    dot = np.einsum("...d,...d->...", a, b, dtype=np.float64)
+    denom = row_norms(a) * row_norms(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = dot / denom
+    cos[~np.isfinite(cos) | (denom <= ZERO_NORM)] = np.nan
+    return cos
+
+
+@dataclass
+class NormAccumulator:
+    """Streaming norm statistics over any number of blocks."""
+
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    low: float = np.inf
+    high: float = -np.inf
+    nan_rows: int = 0
+    inf_rows: int = 0
+    zero_rows: int = 0
+    worst_rows: list[int] = field(default_factory=list)
+
+    def add(self, block: np.ndarray, start: int = 0) -> None:
+        flat = block.reshape(-1, block.shape[-1])
+        nan = np.isnan(flat).any(axis=1)
+        inf = np.isinf(flat).any(axis=1)
+        norms = row_norms(flat)
+        zero = ~nan & ~inf & (norms <= ZERO_NORM)
+        finite = ~nan & ~inf
+        self.nan_rows += int(nan.sum())
+        self.inf_rows += int(inf.sum())
+        self.zero_rows += int(zero.sum())
+        good = norms[finite]
+        if good.size:
+            self.count += good.size
+            self.total += float(good.sum())
+            self.total_sq += float(np.square(good).sum())
+            self.low = min(self.low, float(good.min()))
+            self.high = max(self.high, float(good.max()))
+        if len(self.worst_rows) < 20:
+            bad = np.flatnonzero(~finite | zero | (np.abs(norms - 1.0) > 0.05))
+            rows_per_item = flat.shape[0] // max(block.shape[0], 1) if block.ndim > 1 else 1
+            self.worst_rows.extend(int(start + i // max(rows_per_item, 1)) for i in bad[:20])
+
+    def summary(self, prefix: str) -> dict[str, Any]:
+        mean = self.total / self.count if self.count else float("nan")
+        var = self.total_sq / self.count - mean * mean if self.count else float("nan")
+        return {
+            f"{prefix}_norm_mean": mean,
+            f"{prefix}_norm_std": float(np.sqrt(max(var, 0.0))) if self.count else float("nan"),
+            f"{prefix}_norm_min": self.low if self.count else float("nan"),
+            f"{prefix}_norm_max": self.high if self.count else float("nan"),
+            f"{prefix}_nan_count": self.nan_rows,
+            f"{prefix}_inf_count": self.inf_rows,
+            f"{prefix}_zero_count": self.zero_rows,
+        }
+
+
+def norm_statistics(dataset: Any, chunk_rows: int | None = None) -> dict[str, Any]:
+    """One streaming pass over targets and contexts of a Dataset."""
+    targets, contexts = NormAccumulator(), NormAccumulator()
+    for chunk in dataset.iter_chunks(chunk_rows):
+        targets.add(chunk.targets, chunk.start)
+        contexts.add(chunk.contexts, chunk.start)
+    metrics = {**targets.summary("target"), **contexts.summary("context")}
+    metrics["n_vectors"] = targets.count + targets.nan_rows + targets.inf_rows
+    metrics["flagged_rows"] = sorted(set(targets.worst_rows + contexts.worst_rows))[:20]
+    return metrics
+
+
+def check_norms(ctx: CheckContext) -> CheckResult:
+    m = ctx.cached("norm_statistics", lambda: norm_statistics(ctx.dataset))
+    tol = float(ctx.threshold("norm_mean_tolerance", NORM_MEAN_TOLERANCE))
+    std_max = float(ctx.threshold("norm_std_max", NORM_STD_MAX))
+    kind = ctx.threshold_kind("norm_mean_tolerance")
+    gates: list[Gate] = []
+    for part in ("target", "context"):
+        mean = m[f"{part}_norm_mean"]
+        gates += [
+            Gate(f"{part} norms near 1", f"{part}_norm_mean_error",
+                 None if np.isnan(mean) else abs(mean - 1.0), "<", tol, kind),  # type: ignore[arg-type]
+            Gate(f"{part} norm spread", f"{part}_norm_std", m[f"{part}_norm_std"], "<", std_max,
+                 kind),  # type: ignore[arg-type]
+        ]
+        for bad in ("nan", "inf", "zero"):
+            gates.append(Gate(f"no {bad} {part} vectors", f"{part}_{bad}_count",
+                              m[f"{part}_{bad}_count"], "==", 0, "structural"))
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        message = (f"targets L2-normalised: mean norm {m['target_norm_mean']:.6f}, "
+                   f"std {m['target_norm_std']:.2e}; no NaN/Inf/zero vectors")
+    else:
+        bad_counts = sum(m[f"{p}_{b}_count"] for p in ("target", "context")
+                         for b in ("nan", "inf", "zero"))
+        message = (f"vectors are not unit-norm: target mean {m['target_norm_mean']:.4f} "
+                   f"(std {m['target_norm_std']:.3g}), context mean {m['context_norm_mean']:.4f}"
+                   f"; {bad_counts} NaN/Inf/zero vectors — cosine metrics and MSE training "
+                   "assume L2-normalised vectors")
+    return from_gates("norms", m, gates, message,
+                      details={"flagged_rows": m.pop("flagged_rows")})

@@ -1,0 +1,358 @@
+"""Low-level access to the arrays inside an ``.npz`` archive, a ``.npy`` file or a folder of them.
+
+Members stored uncompressed are read in place: row ranges with ``pread`` (so a
+streaming pass keeps resident memory flat, unlike a long-lived memory map whose
+touched pages count towards RSS) and random rows through a memory map. Compressed
+members are decompressed once, in blocks, into a temporary ``.npy`` file and then
+read the same way; small ones are simply held in memory. Object arrays are read
+only through the restricted unpickler.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ast
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from lvmqa.errors import DatasetFormatError
+from lvmqa.safepickle import safe_load
+
+_NPY_MAGIC = b"\x93NUMPY"
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
+_IN_MEMORY_LIMIT = 64 * 1024 * 1024
+_COPY_BLOCK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran_order: bool
+    header_size: int  # bytes from the start of the .npy member to its data
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
+    """Parse a .npy header from ``handle`` positioned at the start of the member."""
+    magic = handle.read(8)
+    if len(magic) < 8 or magic[:6] != _NPY_MAGIC:
+        raise DatasetFormatError(
+            "member is not a .npy array", path=source, key=key, expected="NPY magic bytes",
+            found=repr(magic[:6]),
+        )
+    major = magic[6]
+    if major == 1:
+        raw = handle.read(2)
+        length = struct.unpack("<H", raw)[0] if len(raw) == 2 else -1
+        prefix = 10
+    elif major in (2, 3):
+        raw = handle.read(4)
+        length = struct.unpack("<I", raw)[0] if len(raw) == 4 else -1
+        prefix = 12
+    else:
+        raise DatasetFormatError("unsupported .npy version", path=source, key=key,
+                                 expected="1, 2 or 3", found=str(major))
+    text = handle.read(length) if length >= 0 else b""
+    if length < 0 or len(text) < length:
+        raise DatasetFormatError("truncated .npy header", path=source, key=key)
+    try:
+        header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+        shape = tuple(int(s) for s in header["shape"])
+        fortran = bool(header["fortran_order"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise DatasetFormatError("unreadable .npy header", path=source, key=key,
+                                 found=type(exc).__name__) from None
+    return NpyHeader(shape, dtype, fortran, prefix + length)
+
+
+class Member:
+    """One array of a data file, readable by row ranges without loading it whole."""
+
+    def __init__(self, name: str, source: str, header: NpyHeader,
+                 file_path: Path | None, data_offset: int,
+                 in_memory: np.ndarray | None = None) -> None:
+        self.name = name
+        self.source = source
+        self.header = header
+        self._file_path = file_path
+        self._data_offset = data_offset
+        self._array = in_memory
+        self._mmap: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.header.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.header.dtype
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    def _check_size(self) -> None:
+        if self._file_path is None:
+            return
+        available = self._file_path.stat().st_size - self._data_offset
+        if available < self.header.nbytes:
+            raise DatasetFormatError(
+                "array data is truncated", path=self.source, key=self.name,
+                expected=f"{self.header.nbytes} bytes for shape {self.shape}",
+                found=f"{max(available, 0)} bytes",
+            )
+
+    def mmap(self) -> np.ndarray:
+        """A read-only view of the whole array (a memory map when on disk)."""
+        if self._array is not None:
+            return self._array
+        if self._mmap is None:
+            if self.dtype.hasobject:
+                raise DatasetFormatError("object arrays cannot be memory-mapped",
+                                         path=self.source, key=self.name)
+            self._check_size()
+            assert self._file_path is not None
+            if self.header.nbytes == 0:
+                self._mmap = np.empty(self.shape, dtype=self.dtype)
+            else:
+                self._mmap = np.memmap(self._file_path, dtype=self.dtype, mode="r",
+                                       offset=self._data_offset, shape=self.shape,
+                                       order="F" if self.header.fortran_order else "C")
+        return self._mmap
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """A fresh array with rows ``start:stop`` (read with pread, no lasting mapping)."""
+        if self._array is not None or self.header.fortran_order or self.dtype.hasobject:
+            return np.array(self.load()[start:stop])
+        self._check_size()
+        stop = min(stop, self.n_rows)
+        start = min(start, stop)
+        row_shape = self.shape[1:]
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        out = np.empty((stop - start, *row_shape), dtype=self.dtype)
+        assert self._file_path is not None
+        if row_bytes and stop > start:
+            with open(self._file_path, "rb", buffering=0) as handle:
+                view = memoryview(out.reshape(-1).view(np.uint8))
+                handle.seek(self._data_offset + start * row_bytes)
+                got = handle.readinto(view)
+                if got != len(view):
+                    raise DatasetFormatError("array data is truncated", path=self.source,
+                                             key=self.name)
+        return out
+
+    def load(self) -> np.ndarray:
+        """The whole array; object arrays go through the restricted unpickler."""
+        if self._array is not None:
+            return self._array
+        if self.dtype.hasobject:
+            assert self._file_path is not None
+            with open(self._file_path, "rb") as handle:
+                handle.seek(self._data_offset)
+                try:
+                    value = safe_load(handle, source=self.source, key=self.name)
+                except DatasetFormatError:
+                    raise
+                except Exception as exc:  # corrupt pickle streams raise many types
+                    raise DatasetFormatError("unreadable object array", path=self.source,
+                                             key=self.name, found=type(exc).__name__) from None
+            array = np.asarray(value, dtype=object)
+            if array.shape != self.shape:
+                try:
+                    array = array.reshape(self.shape)
+                except ValueError:
+                    raise DatasetFormatError("object array has the wrong shape",
+                                             path=self.source, key=self.name,
+                                             expected=str(self.shape),
+                                             found=str(array.shape)) from None
+            self._array = array
+            return array
+        return self.mmap()
+
+
+class DataFile:
+    """The arrays of an ``.npz`` archive, a single ``.npy`` file, or a folder of ``.npy`` files."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.source = str(self.path)
+        self.members: dict[str, Member] = {}
+        if not self.path.exists():
+            raise DatasetFormatError("file not found", path=self.path)
+        if self.path.is_dir():
+            for npy in sorted(self.path.glob("*.npy")):
+                self.members[npy.stem] = self._open_npy(npy, npy.stem)
+        elif self.path.suffix == ".npy":
+            self.members[self.path.stem] = self._open_npy(self.path, self.path.stem)
+        else:
+            self._open_npz()
+        self.json_members: dict[str, bytes] = getattr(self, "json_members", {})
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.members
+
+    def keys(self) -> list[str]:
+        return list(self.members)
+
+    def _open_npy(self, path: Path, key: str) -> Member:
+        with open(path, "rb") as handle:
+            header = read_npy_header(handle, source=str(path), key=key)
+        return Member(key, str(path), header, path, header.header_size)
+
+    def _open_npz(self) -> None:
+        if self.path.stat().st_size == 0:
+            raise DatasetFormatError("empty file (0 bytes)", path=self.path,
+                                     expected="an .npz archive")
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile:
+            raise DatasetFormatError(
+                "not an npz archive, or truncated (no zip central directory)",
+                path=self.path, expected="a zip file written by numpy.savez") from None
+        except OSError as exc:
+            raise DatasetFormatError("cannot read file", path=self.path,
+                                     found=exc.strerror or str(exc)) from None
+        self.json_members = {}
+        with archive, open(self.path, "rb") as raw:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                if info.filename.endswith(".json"):
+                    self.json_members[info.filename[:-5]] = archive.read(info)
+                    continue
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if not info.filename.endswith(".npy"):
+                    raise DatasetFormatError("member is not a .npy array", path=self.path,
+                                             key=info.filename, expected="NAME.npy members")
+                self.members[key] = self._open_member(archive, raw, info, key)
+
+    def _open_member(self, archive: zipfile.ZipFile, raw: IO[bytes], info: zipfile.ZipInfo,
+                     key: str) -> Member:
+        if info.compress_type == zipfile.ZIP_STORED:
+            raw.seek(info.header_offset)
+            local = raw.read(_LOCAL_HEADER.size)
+            if len(local) < _LOCAL_HEADER.size:
+                raise DatasetFormatError("truncated zip member", path=self.path, key=key)
+            fields = _LOCAL_HEADER.unpack(local)
+            if fields[0] != b"PK\x03\x04":
+                raise DatasetFormatError("corrupt zip member header", path=self.path, key=key)
+            name_len, extra_len = fields[-2], fields[-1]
+            member_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            raw.seek(member_start)
+            header = read_npy_header(raw, source=self.source, key=key)
+            return Member(key, self.source, header, self.path, member_start + header.header_size)
+        try:
+            stream = archive.open(info)
+            header = read_npy_header(stream, source=self.source, key=key)
+            if header.dtype.hasobject or header.nbytes <= _IN_MEMORY_LIMIT:
+                if header.dtype.hasobject:
+                    value = safe_load(stream, source=self.source, key=key)
+                    array = np.asarray(value, dtype=object)
+                    if array.shape != header.shape:
+                        array = array.reshape(header.shape)
+                else:
+                    data = stream.read(header.nbytes)
+                    if len(data) < header.nbytes:
+                        raise DatasetFormatError("array data is truncated", path=self.path,
+                                                 key=key)
+                    array = np.frombuffer(data, dtype=header.dtype).reshape(
+                        header.shape, order="F" if header.fortran_order else "C")
+                return Member(key, self.source, header, None, 0, in_memory=array)
+            spill = _spill_to_disk(stream, header)
+            return Member(key, self.source, header, spill, 0)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise DatasetFormatError("compressed member is corrupt or truncated", path=self.path,
+                                     key=key, found=type(exc).__name__) from None
+        except DatasetFormatError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise DatasetFormatError("unreadable array", path=self.path, key=key,
+                                     found=str(exc).splitlines()[0][:120]) from None
+
+
+_SPILL_DIR: Path | None = None
+
+
+def _spill_to_disk(stream: IO[bytes], header: NpyHeader) -> Path:
+    """Decompress a large member block by block into a private temporary file."""
+    global _SPILL_DIR
+    if _SPILL_DIR is None:
+        _SPILL_DIR = Path(tempfile.mkdtemp(prefix="lvmqa-spill-"))
+        atexit.register(shutil.rmtree, _SPILL_DIR, True)
+    fd, name = tempfile.mkstemp(dir=_SPILL_DIR, suffix=".raw")
+    remaining = header.nbytes
+    with os.fdopen(fd, "wb") as out:
+        while remaining:
+            block = stream.read(min(_COPY_BLOCK, remaining))
+            if not block:
+                raise EOFError("member ended early")
+            out.write(block)
+            remaining -= len(block)
+    return Path(name)
+
+
+def iter_row_chunks(member: Member, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, member.n_rows, rows):
+        yield start, member.rows(start, start + rows)
+
+
+class NpzWriter:
+    """Write an uncompressed ``.npz`` member by member, large arrays row-chunk by row-chunk.
+
+    The result is what ``numpy.savez`` writes (ZIP_STORED ``NAME.npy`` members), so
+    lvmqa can memory-map it back and numpy can load it. Use inside
+    ``lvmqa.atomic.atomic_write`` so a crash leaves no partial file.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._zip = zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED,
+                                    allowZip64=True)
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        with self._zip.open(self._info(name), "w", force_zip64=True) as out:
+            np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=True)
+
+    def write_rows(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+                   chunks: Iterator[np.ndarray]) -> None:
+        """Stream a C-order numeric array given as consecutive row chunks."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                  "fortran_order": False, "shape": tuple(shape)}
+        written = 0
+        with self._zip.open(self._info(name), "w", force_zip64=True) as out:
+            np.lib.format.write_array_header_2_0(out, header)
+            for chunk in chunks:
+                block = np.ascontiguousarray(chunk, dtype=dtype)
+                out.write(block.tobytes())
+                written += block.shape[0] if block.ndim else 1
+        if shape and written != shape[0]:
+            raise ValueError(f"{name}: wrote {written} rows, header says {shape[0]}")
+
+    @staticmethod
+    def _info(name: str) -> zipfile.ZipInfo:
+        # A fixed timestamp keeps outputs byte-identical across runs.
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_STORED
+        return info
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,159 @@
+"""Check results and gates: the data that flows from checks to tests, JSON and report.
+
+A check computes metrics and evaluates named gates. A gate is one comparison of a
+metric with a threshold; the quality test asserts that no gate failed, so pytest's
+output names the gate, the value and the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["passed", "failed", "skipped", "error"]
+GateKind = Literal["absolute", "calibrated", "registry", "relative", "statistical", "structural"]
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One pass/fail comparison: ``metric op threshold``.
+
+    ``kind`` says where the threshold comes from, so the report can be honest:
+    a design default, a value calibrated for this encoder, a registry override,
+    a comparison with the baseline dataset or the trivial predictors, a statistical
+    test, or a structural invariant (e.g. zero boundary crossings).
+    """
+
+    name: str
+    metric: str
+    value: float | int | None
+    op: str
+    threshold: float | int
+    kind: GateKind = "absolute"
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None:
+            return False
+        if isinstance(self.value, float) and math.isnan(self.value):
+            return False
+        return bool(_OPS[self.op](self.value, self.threshold))
+
+    def describe(self) -> str:
+        value = _fmt(self.value)
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{self.name}: {self.metric}={value} {self.op} {_fmt(self.threshold)} ({self.kind}) {verdict}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "value": self.value,
+            "op": self.op,
+            "threshold": self.threshold,
+            "kind": self.kind,
+            "passed": self.passed,
+        }
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check on one dataset.
+
+    ``metrics`` holds stable snake_case names with JSON values (numbers, strings,
+    small lists and tables). ``details`` holds report-only material (example texts,
+    plot data) and is written to JSON too, under ``details``.
+    """
+
+    check_id: str
+    status: Status
+    metrics: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    gates: list[Gate] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return [gate.describe() for gate in self.gates if not gate.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "metrics": to_jsonable(self.metrics),
+            "message": self.message,
+            "gates": [gate.to_json() for gate in self.gates],
+            "details": to_jsonable(self.details),
+        }
+
+    @classmethod
+    def from_json(cls, check_id: str, data: Mapping[str, Any]) -> CheckResult:
+        gates = [
+            Gate(
+                name=g["name"],
+                metric=g["metric"],
+                value=g["value"],
+                op=g["op"],
+                threshold=g["threshold"],
+                kind=g.get("kind", "absolute"),
+            )
+            for g in data.get("gates", [])
+        ]
+        return cls(
+            check_id=check_id,
+            status=data["status"],
+            metrics=dict(data.get("metrics", {})),
+            message=data.get("message", ""),
+            gates=gates,
+            details=dict(data.get("details", {})),
+        )
+
+
+def from_gates(
+    check_id: str,
+    metrics: dict[str, Any],
+    gates: list[Gate],
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> CheckResult:
+    """Build a result whose status is decided by its gates alone."""
+    status: Status = "passed" if all(g.passed for g in gates) else "failed"
+    return CheckResult(check_id, status, metrics, message, gates, details or {})
+
+
+def skipped(check_id: str, reason: str) -> CheckResult:
+    return CheckResult(check_id, "skipped", {}, reason)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and NaN to plain JSON values (NaN -> None)."""
+    import numpy as np
+
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
