@@ -167,13 +167,18 @@ def _filter(args: argparse.Namespace) -> int:
     session = Session(_registry(args))
     entry = session.registry.dataset(args.dataset)
     path = session.data_path(entry)
+    # With the source bank, rows are scored in article order instead of file order.
+    source = session.context(entry.source).dataset if entry.source else None
     blocklist = DEFAULT_BLOCKLIST if args.blocklist is None else (args.blocklist or None)
-    manifest = filter_dataset(path, args.out, min_coherence=args.min_coherence,
+    min_coherence = None if args.min_coherence < -1 else args.min_coherence
+    manifest = filter_dataset(path, args.out, min_coherence=min_coherence,
                               blocklist=blocklist, drop_duplicates=args.drop_duplicates,
-                              force=args.force)
-    counts = manifest["counts"] if isinstance(manifest, dict) else manifest.counts
-    print(f"kept {counts['kept']} of {counts['input']} sequences -> {args.out}")
-    print(f"next: pytest quality_tests --dataset={args.out}.npz")
+                              source=source, force=args.force)
+    counts = manifest.counts
+    print(f"kept {counts['kept']} of {counts['input']} sequences; dropped by reason: "
+          + ", ".join(f"{k} {v}" for k, v in manifest.dropped_by_primary_reason.items() if v))
+    print(f"wrote {manifest.paths.dataset}, {manifest.paths.mask}, {manifest.paths.manifest}")
+    print(f"next: pytest quality_tests --dataset={manifest.paths.dataset}")
     return EXIT_OK
 
 
