@@ -30,8 +30,7 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "duplicates": ("P0", "lvmqa.retrieval:check_duplicates", "Duplicates"),
     "coherence": ("P1", "lvmqa.coherence:check_coherence", "Adjacency coherence"),
     "coherence_drift": ("P1", "lvmqa.coherence:check_coherence_drift", "Coherence drift"),
-    "sequence_integrity": ("P1", "lvmqa.integrity:check_sequence_integrity",
-                           "Sequence integrity"),
+    "sequence_integrity": ("P1", "lvmqa.integrity:check_sequence_integrity", "Sequence integrity"),
     "split_leakage": ("P1", "lvmqa.leakage:check_split_leakage", "Split leakage"),
     "text_quality": ("P1", "lvmqa.texts:check_text_quality", "Text quality"),
     "smoke_train": ("P2", "lvmqa.smoke:check_smoke_train", "Smoke training"),
@@ -121,13 +120,16 @@ class CheckContext:
     def encoder(self) -> Any:
         name = self.encoder_name()
         if not name:
-            raise CheckSkipped(f"no encoder configured for dataset '{self.name}' "
-                               "(set `encoder` in lvmqa.toml or pass --encoder)")
+            raise CheckSkipped(
+                f"no encoder configured for dataset '{self.name}' "
+                "(set `encoder` in lvmqa.toml or pass --encoder)"
+            )
         from lvmqa.encoders import load_encoder
 
         spec = self.session.registry.encoder(name).model
-        return load_encoder(spec, trusted=self.session.trusted,
-                            base_dir=self.session.registry.folder)
+        return load_encoder(
+            spec, trusted=self.session.trusted, base_dir=self.session.registry.folder
+        )
 
     # ------------------------------------------------------------- sharing
     def cached(self, key: str, compute: Callable[[], T]) -> T:
@@ -175,8 +177,9 @@ class Session:
             return materialize(entry.name, entry.build)
         assert entry.path is not None
         if not entry.path.exists():
-            raise RegistryError("data file not found", path=entry.path,
-                                key=f"datasets.{entry.name}.path")
+            raise RegistryError(
+                "data file not found", path=entry.path, key=f"datasets.{entry.name}.path"
+            )
         return entry.path
 
     def run(self, name: str, check_id: str) -> CheckResult:
@@ -207,9 +210,13 @@ def run_check(ctx: CheckContext, check_id: str) -> CheckResult:
         if ctx.options.debug:
             raise
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        result = CheckResult(check_id, "error", {},
-                             f"internal error {type(exc).__name__}: {exc} "
-                             f"(at {Path(where.filename).name}:{where.lineno}; "
-                             "rerun with --debug for the traceback)")
+        result = CheckResult(
+            check_id,
+            "error",
+            {},
+            f"internal error {type(exc).__name__}: {exc} "
+            f"(at {Path(where.filename).name}:{where.lineno}; "
+            "rerun with --debug for the traceback)",
+        )
     result.duration_s = time.perf_counter() - started
     return replace(result, check_id=check_id) if result.check_id != check_id else result

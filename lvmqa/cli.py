@@ -19,21 +19,33 @@ QUALITY_TESTS = Path(__file__).resolve().parent.parent / "quality_tests"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lvmqa", description="Data-quality checks for LVM training data.",
-        epilog="example: lvmqa check wiki-790k --html reports/wiki-790k.html")
+        prog="lvmqa",
+        description="Data-quality checks for LVM training data.",
+        epilog="example: lvmqa check wiki-790k --html reports/wiki-790k.html",
+    )
     parser.add_argument("--version", action="version", version=f"lvmqa {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--lvmqa-config", metavar="FILE",
-                        help="dataset registry (default: $LVMQA_CONFIG or ./lvmqa.toml)")
+    parser.add_argument(
+        "--lvmqa-config",
+        metavar="FILE",
+        help="dataset registry (default: $LVMQA_CONFIG or ./lvmqa.toml)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text,
-                              epilog=f"example: {example}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example: {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
-    check = command("check", "run every check on datasets and print the verdict",
-                    "lvmqa check wiki-790k --json reports/wiki-790k.json")
+    check = command(
+        "check",
+        "run every check on datasets and print the verdict",
+        "lvmqa check wiki-790k --json reports/wiki-790k.json",
+    )
     check.add_argument("datasets", nargs="+", metavar="DATASET", help="registry name or path")
     check.add_argument("--baseline", help="dataset to compare distributions against")
     check.add_argument("--encoder", help="encoder name for fingerprint/alignment")
@@ -41,51 +53,88 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--html", metavar="FILE", help="write the self-contained HTML report")
     check.add_argument("--junitxml", metavar="FILE", help="write JUnit XML")
     check.add_argument("--no-smoke", action="store_true", help="skip the smoke training")
-    check.add_argument("--trust-registry", action="store_true",
-                       help="allow module:function encoders from a given registry")
+    check.add_argument(
+        "--trust-registry",
+        action="store_true",
+        help="allow module:function encoders from a given registry",
+    )
 
-    filt = command("filter", "write a quality mask, the filtered dataset and a manifest",
-                   "lvmqa filter wiki-790k --min-coherence 0.35 --out filtered/wiki-790k")
+    filt = command(
+        "filter",
+        "write a quality mask, the filtered dataset and a manifest",
+        "lvmqa filter wiki-790k --min-coherence 0.35 --out filtered/wiki-790k",
+    )
     filt.add_argument("dataset", metavar="DATASET", help="registry name or path")
-    filt.add_argument("--out", required=True, type=Path,
-                      help="output prefix: writes PREFIX.npz, PREFIX.mask.npy, "
-                           "PREFIX.manifest.json")
-    filt.add_argument("--min-coherence", type=float, default=0.35,
-                      help="drop rows whose coherence score is below this (default 0.35)")
-    filt.add_argument("--blocklist", default=None,
-                      help="regex of texts/titles to drop (default: 'List of|Disambiguation|"
-                           "Category:'; pass '' to disable)")
-    filt.add_argument("--drop-duplicates", action="store_true",
-                      help="drop exact duplicate targets after their first occurrence")
+    filt.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output prefix: writes PREFIX.npz, PREFIX.mask.npy, PREFIX.manifest.json",
+    )
+    filt.add_argument(
+        "--min-coherence",
+        type=float,
+        default=0.35,
+        help="drop rows whose coherence score is below this (default 0.35)",
+    )
+    filt.add_argument(
+        "--blocklist",
+        default=None,
+        help="regex of texts/titles to drop (default: 'List of|Disambiguation|"
+        "Category:'; pass '' to disable)",
+    )
+    filt.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="drop exact duplicate targets after their first occurrence",
+    )
     filt.add_argument("--force", action="store_true", help="replace existing outputs")
 
-    win = command("windows", "rebuild sequences from a bank inside each article, in chunk order",
-                  "lvmqa windows fixtures/data/wiki-790k.bank.npz --context 5 "
-                  "--blocklist 'List of|disambiguation' --out rebuilt.npz")
+    win = command(
+        "windows",
+        "rebuild sequences from a bank inside each article, in chunk order",
+        "lvmqa windows fixtures/data/wiki-790k.bank.npz --context 5 "
+        "--blocklist 'List of|disambiguation' --out rebuilt.npz",
+    )
     win.add_argument("bank", type=Path, help="bank file (vectors + article/chunk ids)")
     win.add_argument("--out", required=True, type=Path, help="output sequences .npz")
     win.add_argument("--context", type=int, default=5, help="context length (default 5)")
-    win.add_argument("--blocklist", default=None,
-                     help="regex: drop bank rows whose text or article title matches")
+    win.add_argument(
+        "--blocklist",
+        default=None,
+        help="regex: drop bank rows whose text or article title matches",
+    )
     win.add_argument("--min-chars", type=int, default=0, help="drop chunks shorter than this")
-    win.add_argument("--layout", default="per-sequence", choices=["per-sequence", "origin-790k"],
-                     help="output key layout (default: per-sequence metadata)")
+    win.add_argument(
+        "--layout",
+        default="per-sequence",
+        choices=["per-sequence", "origin-790k"],
+        help="output key layout (default: per-sequence metadata)",
+    )
     win.add_argument("--force", action="store_true", help="replace an existing output")
 
-    fp = command("fingerprint", "print the encoder fingerprint to pin in lvmqa.toml",
-                 "lvmqa fingerprint minilm")
+    fp = command(
+        "fingerprint",
+        "print the encoder fingerprint to pin in lvmqa.toml",
+        "lvmqa fingerprint minilm",
+    )
     fp.add_argument("encoder", help="registry encoder name or model name")
-    fp.add_argument("--trust-registry", action="store_true",
-                    help="allow module:function encoders from a given registry")
+    fp.add_argument(
+        "--trust-registry",
+        action="store_true",
+        help="allow module:function encoders from a given registry",
+    )
 
-    rep = command("report", "render the diagnosis from a results JSON",
-                  "lvmqa report reports/wiki-790k.json --format md --out pr-comment.md")
+    rep = command(
+        "report",
+        "render the diagnosis from a results JSON",
+        "lvmqa report reports/wiki-790k.json --format md --out pr-comment.md",
+    )
     rep.add_argument("results", type=Path, help="JSON written by --lvmqa-json / check --json")
     rep.add_argument("--format", choices=["html", "md"], default="md")
     rep.add_argument("--out", type=Path, help="output file (default: stdout)")
 
-    command("datasets", "list the registry: paths, sizes, baselines and splits",
-            "lvmqa datasets")
+    command("datasets", "list the registry: paths, sizes, baselines and splits", "lvmqa datasets")
     return parser
 
 
@@ -122,9 +171,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "windows":
         from lvmqa.windows import build_sequences
 
-        out = build_sequences(args.bank, args.out, context=args.context, windows="article",
-                              layout=args.layout, blocklist=args.blocklist,
-                              min_chars=args.min_chars, force=args.force)
+        out = build_sequences(
+            args.bank,
+            args.out,
+            context=args.context,
+            windows="article",
+            layout=args.layout,
+            blocklist=args.blocklist,
+            min_chars=args.min_chars,
+            force=args.force,
+        )
         print(f"wrote {out}")
         return EXIT_OK
     if args.command == "fingerprint":
@@ -139,13 +195,26 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import pytest
 
-    argv = [str(QUALITY_TESTS), "-p", "lvmqa.plugin", "-q", "--no-header",
-            "-p", "no:cacheprovider", "--rootdir", str(Path.cwd())]
+    argv = [
+        str(QUALITY_TESTS),
+        "-p",
+        "lvmqa.plugin",
+        "-q",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(Path.cwd()),
+    ]
     for name in args.datasets:
         argv.append(f"--dataset={name}")
-    for flag, value in (("--baseline", args.baseline), ("--encoder", args.encoder),
-                        ("--lvmqa-json", args.json_path), ("--junitxml", args.junitxml),
-                        ("--lvmqa-config", args.lvmqa_config)):
+    for flag, value in (
+        ("--baseline", args.baseline),
+        ("--encoder", args.encoder),
+        ("--lvmqa-json", args.json_path),
+        ("--junitxml", args.junitxml),
+        ("--lvmqa-config", args.lvmqa_config),
+    ):
         if value:
             argv.append(f"{flag}={value}")
     if args.html:
@@ -171,12 +240,20 @@ def _filter(args: argparse.Namespace) -> int:
     source = session.context(entry.source).dataset if entry.source else None
     blocklist = DEFAULT_BLOCKLIST if args.blocklist is None else (args.blocklist or None)
     min_coherence = None if args.min_coherence < -1 else args.min_coherence
-    manifest = filter_dataset(path, args.out, min_coherence=min_coherence,
-                              blocklist=blocklist, drop_duplicates=args.drop_duplicates,
-                              source=source, force=args.force)
+    manifest = filter_dataset(
+        path,
+        args.out,
+        min_coherence=min_coherence,
+        blocklist=blocklist,
+        drop_duplicates=args.drop_duplicates,
+        source=source,
+        force=args.force,
+    )
     counts = manifest.counts
-    print(f"kept {counts['kept']} of {counts['input']} sequences; dropped by reason: "
-          + ", ".join(f"{k} {v}" for k, v in manifest.dropped_by_primary_reason.items() if v))
+    print(
+        f"kept {counts['kept']} of {counts['input']} sequences; dropped by reason: "
+        + ", ".join(f"{k} {v}" for k, v in manifest.dropped_by_primary_reason.items() if v)
+    )
     print(f"wrote {manifest.paths.dataset}, {manifest.paths.mask}, {manifest.paths.manifest}")
     print(f"next: pytest quality_tests --dataset={manifest.paths.dataset}")
     return EXIT_OK
@@ -219,9 +296,11 @@ def _datasets(args: argparse.Namespace) -> int:
             assert entry.path is not None
             where, size_path = str(entry.path), entry.path
         size = f"{size_path.stat().st_size / 1e6:.1f} MB" if size_path.exists() else "missing"
-        related = ", ".join(f"{role}={getattr(entry, role)}"
-                            for role in ("baseline", "source", "val", "ood")
-                            if getattr(entry, role))
+        related = ", ".join(
+            f"{role}={getattr(entry, role)}"
+            for role in ("baseline", "source", "val", "ood")
+            if getattr(entry, role)
+        )
         print(f"{name:16} {size:>10}  {where}" + (f"  [{related}]" if related else ""))
     return EXIT_OK
 

@@ -107,24 +107,43 @@ def check_norms(ctx: CheckContext) -> CheckResult:
     for part in ("target", "context"):
         mean = m[f"{part}_norm_mean"]
         gates += [
-            Gate(f"{part} norms near 1", f"{part}_norm_mean_error",
-                 None if np.isnan(mean) else abs(mean - 1.0), "<", tol, kind),  # type: ignore[arg-type]
-            Gate(f"{part} norm spread", f"{part}_norm_std", m[f"{part}_norm_std"], "<", std_max,
-                 kind),  # type: ignore[arg-type]
+            Gate(
+                f"{part} norms near 1",
+                f"{part}_norm_mean_error",
+                None if np.isnan(mean) else abs(mean - 1.0),
+                "<",
+                tol,
+                kind,
+            ),  # type: ignore[arg-type]
+            Gate(
+                f"{part} norm spread", f"{part}_norm_std", m[f"{part}_norm_std"], "<", std_max, kind
+            ),  # type: ignore[arg-type]
         ]
         for bad in ("nan", "inf", "zero"):
-            gates.append(Gate(f"no {bad} {part} vectors", f"{part}_{bad}_count",
-                              m[f"{part}_{bad}_count"], "==", 0, "structural"))
+            gates.append(
+                Gate(
+                    f"no {bad} {part} vectors",
+                    f"{part}_{bad}_count",
+                    m[f"{part}_{bad}_count"],
+                    "==",
+                    0,
+                    "structural",
+                )
+            )
     failed = [g for g in gates if not g.passed]
     if not failed:
-        message = (f"targets L2-normalised: mean norm {m['target_norm_mean']:.6f}, "
-                   f"std {m['target_norm_std']:.2e}; no NaN/Inf/zero vectors")
+        message = (
+            f"targets L2-normalised: mean norm {m['target_norm_mean']:.6f}, "
+            f"std {m['target_norm_std']:.2e}; no NaN/Inf/zero vectors"
+        )
     else:
-        bad_counts = sum(m[f"{p}_{b}_count"] for p in ("target", "context")
-                         for b in ("nan", "inf", "zero"))
-        message = (f"vectors are not unit-norm: target mean {m['target_norm_mean']:.4f} "
-                   f"(std {m['target_norm_std']:.3g}), context mean {m['context_norm_mean']:.4f}"
-                   f"; {bad_counts} NaN/Inf/zero vectors — cosine metrics and MSE training "
-                   "assume L2-normalised vectors")
-    return from_gates("norms", m, gates, message,
-                      details={"flagged_rows": m.pop("flagged_rows")})
+        bad_counts = sum(
+            m[f"{p}_{b}_count"] for p in ("target", "context") for b in ("nan", "inf", "zero")
+        )
+        message = (
+            f"vectors are not unit-norm: target mean {m['target_norm_mean']:.4f} "
+            f"(std {m['target_norm_std']:.3g}), context mean {m['context_norm_mean']:.4f}"
+            f"; {bad_counts} NaN/Inf/zero vectors — cosine metrics and MSE training "
+            "assume L2-normalised vectors"
+        )
+    return from_gates("norms", m, gates, message, details={"flagged_rows": m.pop("flagged_rows")})

@@ -22,37 +22,86 @@ OUTCOME_KEY = pytest.StashKey[dict[str, Any]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lvmqa", "lvmqa data-quality checks")
-    group.addoption("--dataset", action="append", default=[], metavar="NAME_OR_PATH",
-                    help="dataset to check: a name in lvmqa.toml or a path to a data file "
-                         "(repeatable; each test runs once per dataset)")
-    group.addoption("--baseline", default=None, metavar="NAME",
-                    help="compare distributions against this dataset instead of the registry's")
-    group.addoption("--encoder", default=None, metavar="NAME",
-                    help="encoder for fingerprint/alignment (registry name or model name)")
-    group.addoption("--lvmqa-config", default=None, metavar="FILE",
-                    help="dataset registry (default: $LVMQA_CONFIG, else lvmqa.toml here or above)")
-    group.addoption("--lvmqa-json", default=None, metavar="FILE",
-                    help="write the results and diagnosis as JSON to FILE")
-    group.addoption("--trust-registry", action="store_true", default=None,
-                    help="allow 'module:function' encoders from a registry given with "
-                         "--lvmqa-config or $LVMQA_CONFIG (never do this for untrusted PRs)")
-    group.addoption("--no-trust-registry", dest="trust_registry", action="store_false",
-                    help="treat even the default lvmqa.toml as untrusted (CI gating of PRs)")
+    group.addoption(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME_OR_PATH",
+        help="dataset to check: a name in lvmqa.toml or a path to a data file "
+        "(repeatable; each test runs once per dataset)",
+    )
+    group.addoption(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="compare distributions against this dataset instead of the registry's",
+    )
+    group.addoption(
+        "--encoder",
+        default=None,
+        metavar="NAME",
+        help="encoder for fingerprint/alignment (registry name or model name)",
+    )
+    group.addoption(
+        "--lvmqa-config",
+        default=None,
+        metavar="FILE",
+        help="dataset registry (default: $LVMQA_CONFIG, else lvmqa.toml here or above)",
+    )
+    group.addoption(
+        "--lvmqa-json",
+        default=None,
+        metavar="FILE",
+        help="write the results and diagnosis as JSON to FILE",
+    )
+    group.addoption(
+        "--trust-registry",
+        action="store_true",
+        default=None,
+        help="allow 'module:function' encoders from a registry given with "
+        "--lvmqa-config or $LVMQA_CONFIG (never do this for untrusted PRs)",
+    )
+    group.addoption(
+        "--no-trust-registry",
+        dest="trust_registry",
+        action="store_false",
+        help="treat even the default lvmqa.toml as untrusted (CI gating of PRs)",
+    )
     group.addoption("--lvmqa-seed", type=int, default=0, help="seed for sampling and training")
-    group.addoption("--recall-sample", type=int, default=1000,
-                    help="self-queries for oracle_recall (0 = all targets)")
-    group.addoption("--alignment-sample", type=int, default=256,
-                    help="texts re-encoded by the alignment check")
-    group.addoption("--index-factory", default="Flat",
-                    help="FAISS index factory string for oracle_recall, e.g. 'IVF1024,Flat'")
+    group.addoption(
+        "--recall-sample",
+        type=int,
+        default=1000,
+        help="self-queries for oracle_recall (0 = all targets)",
+    )
+    group.addoption(
+        "--alignment-sample", type=int, default=256, help="texts re-encoded by the alignment check"
+    )
+    group.addoption(
+        "--index-factory",
+        default="Flat",
+        help="FAISS index factory string for oracle_recall, e.g. 'IVF1024,Flat'",
+    )
     group.addoption("--nprobe", type=int, default=None, help="nprobe for IVF indexes")
-    group.addoption("--smoke-max-sequences", type=int, default=None,
-                    help="cap on sequences used by smoke training (CPU runs)")
+    group.addoption(
+        "--smoke-max-sequences",
+        type=int,
+        default=None,
+        help="cap on sequences used by smoke training (CPU runs)",
+    )
     group.addoption("--smoke-epochs", type=int, default=5, help="epochs of smoke training")
-    group.addoption("--smoke-device", default=None, choices=["cpu", "cuda", "mps"],
-                    help="force the smoke-training device (default: cuda > mps > cpu)")
-    group.addoption("--lvmqa-debug", action="store_true", default=False,
-                    help="let internal errors raise with their traceback")
+    group.addoption(
+        "--smoke-device",
+        default=None,
+        choices=["cpu", "cuda", "mps"],
+        help="force the smoke-training device (default: cuda > mps > cpu)",
+    )
+    group.addoption(
+        "--lvmqa-debug",
+        action="store_true",
+        default=False,
+        help="let internal errors raise with their traceback",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -109,9 +158,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if names:
         metafunc.parametrize("lvmqa_dataset", names, ids=names, scope="session")
     else:
-        metafunc.parametrize("lvmqa_dataset", [pytest.param(
-            None, marks=pytest.mark.skip(reason="no --dataset given (e.g. --dataset=wiki-790k)"))],
-            ids=["no-dataset"])
+        metafunc.parametrize(
+            "lvmqa_dataset",
+            [
+                pytest.param(
+                    None,
+                    marks=pytest.mark.skip(reason="no --dataset given (e.g. --dataset=wiki-790k)"),
+                )
+            ],
+            ids=["no-dataset"],
+        )
 
 
 @pytest.fixture

@@ -29,10 +29,22 @@ GTR_T5_CALIBRATION: dict[str, float] = {
     "ood_min": 0.50,
 }
 
-_DATASET_KEYS = {"path", "build", "encoder", "baseline", "source", "val", "ood", "thresholds",
-                 "description", "context_length", "blocklist"}
+_DATASET_KEYS = {
+    "path",
+    "build",
+    "encoder",
+    "baseline",
+    "source",
+    "val",
+    "ood",
+    "thresholds",
+    "description",
+    "context_length",
+    "blocklist",
+}
 _ENCODER_KEYS = {"model", "dim", "fingerprint", "thresholds", "description"}
 _BUILD_KEYS = {"from", "windows", "context", "layout"}
+_LAYOUTS = ("per-sequence", "origin-790k")
 
 
 @dataclass(frozen=True)
@@ -96,12 +108,13 @@ class Registry:
             return self.datasets[name_or_path]
         candidate = Path(name_or_path).expanduser()
         if candidate.exists():
-            return DatasetEntry(name=candidate.stem, path=candidate.resolve(),
-                                from_registry=False)
+            return DatasetEntry(name=candidate.stem, path=candidate.resolve(), from_registry=False)
         where = f"registry {self.path}" if self.path else "the registry (none loaded)"
         known = ", ".join(sorted(self.datasets)) or "none"
-        raise RegistryError(f"unknown dataset '{name_or_path}': not a name in {where} "
-                            f"and no such file (known: {known})")
+        raise RegistryError(
+            f"unknown dataset '{name_or_path}': not a name in {where} "
+            f"and no such file (known: {known})"
+        )
 
     def encoder(self, name: str) -> EncoderEntry:
         if name in self.encoders:
@@ -140,10 +153,13 @@ def load_registry(path: str | Path | None, *, trusted: bool = True) -> Registry:
     except (UnicodeDecodeError, OSError) as exc:
         raise RegistryError(f"cannot read registry: {exc}", path=path) from None
     folder = path.resolve().parent
-    encoders = {name: _encoder(path, name, body)
-                for name, body in _table(path, raw, "encoders").items()}
-    datasets = {name: _dataset(path, folder, name, body)
-                for name, body in _table(path, raw, "datasets").items()}
+    encoders = {
+        name: _encoder(path, name, body) for name, body in _table(path, raw, "encoders").items()
+    }
+    datasets = {
+        name: _dataset(path, folder, name, body)
+        for name, body in _table(path, raw, "datasets").items()
+    }
     registry = Registry(path.resolve(), encoders, datasets, trusted)
     _validate_references(registry)
     return registry
@@ -163,14 +179,41 @@ def _encoder(path: Path, name: str, body: Any) -> EncoderEntry:
     _no_unknown(path, where, body, _ENCODER_KEYS)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise RegistryError("missing 'model'", path=path, key=where,
-                            expected="a model name, a local folder or 'module:function'")
+        raise RegistryError(
+            "missing 'model'",
+            path=path,
+            key=where,
+            expected="a model name, a local folder or 'module:function'",
+        )
     dim = body.get("dim")
-    if dim is not None and (not isinstance(dim, int) or dim <= 0):
-        raise RegistryError("'dim' must be a positive integer", path=path, key=where,
-                            found=repr(dim))
-    return EncoderEntry(name, model, dim, body.get("fingerprint"),
-                        _thresholds(path, where, body.get("thresholds", {})))
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
+        raise RegistryError(
+            "'dim' must be a positive integer", path=path, key=where, found=repr(dim)
+        )
+    fingerprint = body.get("fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise RegistryError(
+            "'fingerprint' must be a string",
+            path=path,
+            key=where + ".fingerprint",
+            expected=f"'sha256:…' from `lvmqa fingerprint {name}`",
+            found=repr(fingerprint),
+        )
+    return EncoderEntry(
+        name, model, dim, fingerprint, _thresholds(path, where, body.get("thresholds", {}))
+    )
+
+
+def _positive_int(path: Path, where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RegistryError("must be a positive integer", path=path, key=where, found=repr(value))
+    return value
+
+
+def _text(path: Path, where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise RegistryError("must be a non-empty string", path=path, key=where, found=repr(value))
+    return value
 
 
 def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
@@ -185,28 +228,58 @@ def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
             raise RegistryError("'build' needs a 'from' bank", path=path, key=where + ".build")
         _no_unknown(path, where + ".build", spec, _BUILD_KEYS)
         if spec.get("windows", "article") not in ("article", "file_order"):
-            raise RegistryError("unknown windows recipe", path=path, key=where + ".build.windows",
-                                expected="'article' or 'file_order'", found=repr(spec["windows"]))
-        build = BuildRecipe(source=(folder / spec["from"]).resolve(),
-                            windows=spec.get("windows", "article"),
-                            context=int(spec.get("context", 5)),
-                            layout=spec.get("layout", "per-sequence"))
+            raise RegistryError(
+                "unknown windows recipe",
+                path=path,
+                key=where + ".build.windows",
+                expected="'article' or 'file_order'",
+                found=repr(spec["windows"]),
+            )
+        if spec.get("layout", "per-sequence") not in _LAYOUTS:
+            raise RegistryError(
+                "unknown layout",
+                path=path,
+                key=where + ".build.layout",
+                expected=" or ".join(repr(x) for x in _LAYOUTS),
+                found=repr(spec["layout"]),
+            )
+        source = _text(path, where + ".build.from", spec["from"])
+        build = BuildRecipe(
+            source=(folder / Path(source).expanduser()).resolve(),
+            windows=spec.get("windows", "article"),
+            context=_positive_int(path, where + ".build.context", spec.get("context", 5)),
+            layout=spec.get("layout", "per-sequence"),
+        )
     if "path" not in body and build is None:
         raise RegistryError("needs 'path' (or a 'build' recipe)", path=path, key=where)
-    data_path = (folder / body["path"]).resolve() if "path" in body else None
-    refs = {}
+    data_path = None
+    if "path" in body:
+        relative = Path(_text(path, where + ".path", body["path"])).expanduser()
+        data_path = (folder / relative).resolve()
+    refs: dict[str, str | None] = {}
     for key in ("encoder", "baseline", "source", "val", "ood"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
-            raise RegistryError(f"'{key}' must be a name", path=path, key=where,
-                                found=repr(value))
+            raise RegistryError(f"'{key}' must be a name", path=path, key=where, found=repr(value))
         refs[key] = value
     thresholds = dict(_thresholds(path, where, body.get("thresholds", {})))
     if "blocklist" in body:
-        thresholds["blocklist"] = body["blocklist"]
-    return DatasetEntry(name=name, path=data_path, thresholds=thresholds, build=build,
-                        context_length=int(body.get("context_length", 5)),
-                        description=str(body.get("description", "")), **refs)
+        thresholds["blocklist"] = _text(path, where + ".blocklist", body["blocklist"])
+    return DatasetEntry(
+        name=name,
+        path=data_path,
+        thresholds=thresholds,
+        build=build,
+        context_length=_positive_int(
+            path, where + ".context_length", body.get("context_length", 5)
+        ),
+        description=str(body.get("description", "")),
+        encoder=refs["encoder"],
+        baseline=refs["baseline"],
+        source=refs["source"],
+        val=refs["val"],
+        ood=refs["ood"],
+    )
 
 
 def _thresholds(path: Path, where: str, value: Any) -> Mapping[str, Any]:
@@ -214,37 +287,56 @@ def _thresholds(path: Path, where: str, value: Any) -> Mapping[str, Any]:
         raise RegistryError("'thresholds' must be a table", path=path, key=where)
     for key, item in value.items():
         if isinstance(item, bool) or not isinstance(item, (int, float, str)):
-            raise RegistryError("threshold must be a number", path=path,
-                                key=f"{where}.thresholds.{key}", found=repr(item))
+            raise RegistryError(
+                "threshold must be a number",
+                path=path,
+                key=f"{where}.thresholds.{key}",
+                found=repr(item),
+            )
     return value
 
 
 def _no_unknown(path: Path, where: str, body: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise RegistryError(f"unknown key '{unknown[0]}'", path=path, key=where,
-                            expected=f"one of {', '.join(sorted(allowed))}")
+        raise RegistryError(
+            f"unknown key '{unknown[0]}'",
+            path=path,
+            key=where,
+            expected=f"one of {', '.join(sorted(allowed))}",
+        )
 
 
 def _validate_references(registry: Registry) -> None:
     for entry in registry.datasets.values():
         if entry.encoder and entry.encoder not in registry.encoders:
-            raise RegistryError(f"unknown encoder '{entry.encoder}'", path=registry.path,
-                                key=f"datasets.{entry.name}.encoder",
-                                expected=f"one of {sorted(registry.encoders) or 'none defined'}")
+            known = ", ".join(sorted(registry.encoders))
+            raise RegistryError(
+                f"unknown encoder '{entry.encoder}'",
+                path=registry.path,
+                key=f"datasets.{entry.name}.encoder",
+                expected=f"one of {known}" if known else f"an [encoders.{entry.encoder}] table",
+            )
         for role in ("baseline", "source", "val", "ood"):
             ref = getattr(entry, role)
             if ref and ref not in registry.datasets:
-                raise RegistryError(f"unknown dataset '{ref}'", path=registry.path,
-                                    key=f"datasets.{entry.name}.{role}")
+                raise RegistryError(
+                    f"unknown dataset '{ref}'",
+                    path=registry.path,
+                    key=f"datasets.{entry.name}.{role}",
+                    expected=f"one of {', '.join(sorted(registry.datasets))}",
+                )
     for entry in registry.datasets.values():
         seen = [entry.name]
         current = entry.baseline
         while current:
             if current in seen:
                 chain = " -> ".join([*seen, current])
-                raise RegistryError(f"baseline cycle: {chain}", path=registry.path,
-                                    key=f"datasets.{entry.name}.baseline")
+                raise RegistryError(
+                    f"baseline cycle: {chain}",
+                    path=registry.path,
+                    key=f"datasets.{entry.name}.baseline",
+                )
             seen.append(current)
             current = registry.datasets[current].baseline
 

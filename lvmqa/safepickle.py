@@ -2,41 +2,112 @@
 
 ``np.load(allow_pickle=True)`` hands the bytes to ``pickle.load``, which calls any
 global the pickle names — ``os.system`` included. Datasets arrive in pull requests,
-so lvmqa unpickles with an allowlist: plain Python values (built from pickle
-opcodes, no globals needed) and numpy's own reconstructors. Anything else is refused
-*before* it is called, and the refusal names the global.
+so lvmqa unpickles with an allowlist: plain Python values (built from pickle opcodes,
+no globals needed), a few harmless builtins, and numpy's own reconstructors. Anything
+else is refused *before* it is called, and the refusal names the global.
+
+numpy's reconstructors are not called while unpickling either. ``ndarray.__setstate__``
+and ``dtype.__setstate__`` trust their state: a tampered dtype state (its flags, say)
+makes numpy treat raw bytes as object pointers, which crashes the process or worse.
+So the unpickler hands out inert tokens for ``numpy.dtype``, ``_reconstruct``,
+``scalar`` and ``_frombuffer``; afterwards each token is rebuilt through numpy's public
+constructors, and only after its state matches what numpy itself writes for that dtype.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
+import math
 import pickle
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import IO, Any
 
-from lvmqa.errors import UnsafePickleError
+import numpy as np
+
+from lvmqa.errors import DatasetFormatError, UnsafePickleError
+
+
+class _Token:
+    """What a numpy reconstructor call becomes while unpickling: its arguments, inert."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+        self.kind = kind
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # pickle's BUILD lands here, not in numpy
+        self.state = state
+
+
+class _Allowed:
+    """An allowed global as the unpickler sees it: callable, and closed to BUILD.
+
+    Not a class, so NEWOBJ on it fails; and BUILD (setattr/``__dict__`` updates) cannot
+    patch the function or type behind it for later loads.
+    """
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self._function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self._function(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on an allowed global")
+
+
+def _no_ndarray(*args: Any) -> Any:
+    raise pickle.UnpicklingError("numpy.ndarray may only be passed to _reconstruct")
+
+
+_NDARRAY = _Allowed(_no_ndarray)  # stands for the class passed to ``_reconstruct``
+
+
+def _token_factory(kind: str) -> _Allowed:
+    return _Allowed(lambda *args: _Token(kind, args))
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Protocol 0-2 pickles write ``bytes`` as ``_codecs.encode(str, 'latin1')``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("codecs.encode is allowed only for latin1 bytes")
+    return text.encode("latin1")
+
+
+def _bytes(*args: Any) -> bytes:
+    """Protocol 0-2 pickles write ``b""`` as ``bytes()``; ``bytes(n)`` would allocate n."""
+    if args and not (len(args) == 1 and isinstance(args[0], (bytes, bytearray))):
+        raise pickle.UnpicklingError("bytes() is allowed only for empty or copied bytes")
+    return bytes(*args)
+
+
+_ALLOWED: dict[tuple[str, str], _Allowed] = {
+    ("builtins", "bytes"): _Allowed(_bytes),
+    ("builtins", "set"): _Allowed(set),
+    ("builtins", "frozenset"): _Allowed(frozenset),
+    ("builtins", "complex"): _Allowed(complex),
+    ("builtins", "bytearray"): _Allowed(bytearray),
+    ("builtins", "slice"): _Allowed(slice),
+    ("collections", "OrderedDict"): _Allowed(OrderedDict),
+    ("_codecs", "encode"): _Allowed(_latin1_encode),
+    ("codecs", "encode"): _Allowed(_latin1_encode),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _token_factory("dtype"),
+}
+for _core in ("numpy.core", "numpy._core"):
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _token_factory("reconstruct")
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _token_factory("scalar")
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _token_factory("frombuffer")
 
 # Globals that numpy object arrays and numpy scalars legitimately reference.
-ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "complex"),
-        ("builtins", "bytearray"),
-        ("builtins", "slice"),
-        ("collections", "OrderedDict"),
-        # protocol-2 pickles of bytes go through codecs.encode(str, 'latin1')
-        ("_codecs", "encode"),
-        ("codecs", "encode"),
-    }
-)
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_ALLOWED)
+
+# Plain dtypes only: no structured, void, datetime or user-defined dtypes in object arrays.
+_DTYPE_KINDS = frozenset("biufcOUS")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -46,8 +117,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._key = key
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+        # Protocol 0-2 pickles name Python 2 modules ('__builtin__.set'); pickle maps
+        # them to Python 3 names, so check the name that would be used.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
         raise UnsafePickleError(
             f"refused to unpickle global '{module}.{name}' (object arrays may only hold "
             "plain values and numpy arrays; nothing was executed)",
@@ -63,9 +138,180 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+class _Rebuilder:
+    """Turns the unpickled graph's tokens into real numpy objects, checking each one."""
+
+    _ATOMIC = (str, int, float, bool, bytes, complex, type(None))
+
+    def __init__(self, source: str, key: str | None) -> None:
+        self._source = source
+        self._key = key
+        self._done: dict[int, Any] = {}
+
+    def refuse(self, what: str, found: Any) -> DatasetFormatError:
+        return UnsafePickleError(
+            f"refused {what} in an object array (nothing was executed)",
+            path=self._source,
+            key=self._key,
+            found=_short(found),
+        )
+
+    def value(self, obj: Any) -> Any:
+        if isinstance(obj, self._ATOMIC):
+            return obj
+        done = self._done.get(id(obj))
+        if done is not None:
+            return done[0]
+        if isinstance(obj, _Token):
+            result = {
+                "dtype": self.dtype,
+                "reconstruct": self.reconstruct,
+                "scalar": self.scalar,
+                "frombuffer": self.frombuffer,
+            }[obj.kind](obj)
+            self._done[id(obj)] = (result, obj)  # keep obj alive so its id stays unique
+            return result
+        if isinstance(obj, list):
+            self._done[id(obj)] = (obj, obj)  # in place: shared and cyclic lists stay so
+            for i, item in enumerate(obj):
+                if not isinstance(item, self._ATOMIC):
+                    obj[i] = self.value(item)
+            return obj
+        if isinstance(obj, dict):  # dict and OrderedDict
+            self._done[id(obj)] = (obj, obj)
+            if not all(isinstance(v, self._ATOMIC) for v in obj.values()) or not all(
+                isinstance(k, self._ATOMIC) for k in obj
+            ):
+                items = list(obj.items())
+                obj.clear()
+                for k, v in items:
+                    obj[self.value(k)] = self.value(v)
+            return obj
+        if isinstance(obj, set):
+            self._done[id(obj)] = (obj, obj)
+            items = [self.value(item) for item in obj]
+            obj.clear()
+            obj.update(items)
+            return obj
+        if isinstance(obj, (tuple, frozenset)):
+            rebuilt = type(obj)(self.value(item) for item in obj)
+            self._done[id(obj)] = (rebuilt, obj)
+            return rebuilt
+        if isinstance(obj, slice):
+            return slice(self.value(obj.start), self.value(obj.stop), self.value(obj.step))
+        if isinstance(obj, (bytearray, np.ndarray, np.generic, np.dtype)):
+            return obj
+        if obj is _NDARRAY:
+            raise self.refuse("a bare numpy.ndarray class", "numpy.ndarray")
+        raise self.refuse("a value of unexpected type", type(obj).__name__)
+
+    # ------------------------------------------------------------------ numpy
+    def dtype(self, token: _Token) -> np.dtype[Any]:
+        args, state = token.args, token.state
+        if len(args) != 3 or not isinstance(args[0], str):
+            raise self.refuse("a malformed numpy dtype", args)
+        try:
+            base = np.dtype(args[0])
+        except (TypeError, ValueError):
+            raise self.refuse("an unknown numpy dtype", args[0]) from None
+        if base.kind not in _DTYPE_KINDS or base.fields is not None or base.subdtype:
+            raise self.refuse("a numpy dtype other than plain numbers, strings or objects", args[0])
+        if not isinstance(state, tuple) or len(state) != 8:
+            raise self.refuse("a malformed numpy dtype state", state)
+        byteorder, elsize = state[1], state[5]
+        if byteorder not in ("<", ">", "|", "=") or not isinstance(elsize, int):
+            raise self.refuse("a malformed numpy dtype state", state)
+        dtype = base
+        if base.kind == "U" and elsize > 0:
+            dtype = np.dtype(f"U{elsize // 4}")
+        elif base.kind == "S" and elsize > 0:
+            dtype = np.dtype(f"S{elsize}")
+        if byteorder in "<>" and dtype.byteorder != "|":
+            dtype = dtype.newbyteorder(byteorder)
+        reduced = dtype.__reduce__()
+        assert isinstance(reduced, tuple)
+        _, canonical_args, canonical_state = reduced
+        # numpy's setstate would trust every field (flags, sizes): accept only the exact
+        # state numpy writes for this dtype, and never call setstate.
+        if tuple(args) != canonical_args or state != canonical_state:
+            raise self.refuse("a tampered numpy dtype state", state)
+        return dtype
+
+    def _as_dtype(self, obj: Any) -> np.dtype[Any]:
+        dtype = self.value(obj)
+        if not isinstance(dtype, np.dtype):
+            raise self.refuse("an array without a numpy dtype", type(dtype).__name__)
+        return dtype
+
+    def _numeric(self, raw: Any, dtype: np.dtype[Any], shape: Any, fortran: bool) -> np.ndarray:
+        shape = self._shape(shape)
+        if not isinstance(raw, (bytes, bytearray)):
+            raise self.refuse("array data that is not bytes", type(raw).__name__)
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            raise self.refuse(
+                "array data of the wrong length", f"{len(raw)} bytes for shape {shape} of {dtype}"
+            )
+        flat = np.frombuffer(bytes(raw), dtype=dtype)
+        return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+    def _shape(self, shape: Any) -> tuple[int, ...]:
+        if not isinstance(shape, tuple) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        ):
+            raise self.refuse("a malformed array shape", shape)
+        return shape
+
+    def reconstruct(self, token: _Token) -> np.ndarray:
+        if not token.args or token.args[0] is not _NDARRAY:
+            raise self.refuse("an array of a class other than numpy.ndarray", token.args[:1])
+        state = token.state
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise self.refuse("a malformed numpy array state", state)
+        shape, dtype_token, fortran, raw = state
+        dtype = self._as_dtype(dtype_token)
+        if dtype.kind != "O":
+            return self._numeric(raw, dtype, shape, bool(fortran))
+        shape = self._shape(shape)
+        if not isinstance(raw, list) or len(raw) != math.prod(shape):
+            raise self.refuse(
+                "object array data that is not a list of its size", type(raw).__name__
+            )
+        out = np.empty(len(raw), dtype=object)
+        for i, item in enumerate(raw):
+            out[i] = item if isinstance(item, self._ATOMIC) else self.value(item)
+        # numpy lists object elements in C order even for a Fortran-ordered array
+        return np.asarray(out.reshape(shape), order="F" if fortran else "C")
+
+    def scalar(self, token: _Token) -> Any:
+        if len(token.args) not in (1, 2):
+            raise self.refuse("a malformed numpy scalar", token.args)
+        dtype = self._as_dtype(token.args[0])
+        data = token.args[1] if len(token.args) == 2 else None
+        if dtype.kind == "O":
+            return self.value(data)
+        return self._numeric(data, dtype, (1,), False)[0]
+
+    def frombuffer(self, token: _Token) -> np.ndarray:
+        if len(token.args) != 4 or token.args[3] not in ("C", "F"):
+            raise self.refuse("a malformed numpy buffer array", token.args[1:])
+        raw, dtype_token, shape, order = token.args
+        dtype = self._as_dtype(dtype_token)
+        if dtype.kind == "O":
+            raise self.refuse("an object array stored as raw bytes", str(dtype))
+        return self._numeric(self.value(raw), dtype, shape, order == "F")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def safe_load(file: IO[bytes], *, source: str = "<pickle>", key: str | None = None) -> Any:
-    """Unpickle from ``file`` allowing only plain values and numpy reconstructors."""
-    return _RestrictedUnpickler(file, source, key).load()
+    """Unpickle from ``file`` allowing only plain values and numpy arrays/scalars/dtypes."""
+    graph = _RestrictedUnpickler(file, source, key).load()
+    return _Rebuilder(source, key).value(graph)
 
 
 def safe_loads(data: bytes, *, source: str = "<pickle>", key: str | None = None) -> Any:
