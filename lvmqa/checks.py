@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from lvmqa.errors import CheckSkipped, LvmqaError, RegistryError
 from lvmqa.io import Dataset
 from lvmqa.registry import DatasetEntry, Registry
-from lvmqa.results import CheckResult, skipped
+from lvmqa.results import CheckResult, GateKind, skipped
 
 T = TypeVar("T")
 
@@ -95,9 +95,13 @@ class CheckContext:
     def has_threshold(self, key: str) -> bool:
         return self._threshold_source(key) is not None
 
-    def threshold_kind(self, key: str) -> str:
+    def threshold_kind(self, key: str) -> GateKind:
         found = self._threshold_source(key)
-        return "absolute" if found is None else found[0]
+        return (
+            "absolute"
+            if found is None
+            else ("calibrated" if found[0] == "calibrated" else "registry")
+        )
 
     # ------------------------------------------------------ related datasets
     def _related(self, name: str | None) -> CheckContext | None:
@@ -135,7 +139,7 @@ class CheckContext:
     def cached(self, key: str, compute: Callable[[], T]) -> T:
         if key not in self._cache:
             self._cache[key] = compute()
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]  # type: ignore[no-any-return,unused-ignore]
 
     def result(self, check_id: str) -> CheckResult:
         return self.session.run(self.name, check_id)
@@ -194,7 +198,7 @@ def check_function(check_id: str) -> Callable[[CheckContext], CheckResult]:
         raise LvmqaError(f"unknown check '{check_id}'", expected=", ".join(CHECKS))
     module_name, func_name = CHECKS[check_id][1].split(":")
     module = importlib.import_module(module_name)
-    return getattr(module, func_name)  # type: ignore[no-any-return]
+    return getattr(module, func_name)  # type: ignore[no-any-return,unused-ignore]
 
 
 def run_check(ctx: CheckContext, check_id: str) -> CheckResult:

@@ -131,7 +131,12 @@ def _parser() -> argparse.ArgumentParser:
         "lvmqa report reports/wiki-790k.json --format md --out pr-comment.md",
     )
     rep.add_argument("results", type=Path, help="JSON written by --lvmqa-json / check --json")
-    rep.add_argument("--format", choices=["html", "md"], default="md")
+    rep.add_argument(
+        "--format",
+        choices=["html", "md"],
+        default=None,
+        help="output format (default: from --out's suffix, else md)",
+    )
     rep.add_argument("--out", type=Path, help="output file (default: stdout)")
 
     command("datasets", "list the registry: paths, sizes, baselines and splits", "lvmqa datasets")
@@ -277,7 +282,8 @@ def _report(args: argparse.Namespace) -> int:
     from lvmqa.report import load_results, render_html, render_markdown
 
     results = load_results(args.results)
-    text = render_markdown(results) if args.format == "md" else render_html(results)
+    fmt = args.format or ("html" if args.out and args.out.suffix in (".html", ".htm") else "md")
+    text = render_markdown(results) if fmt == "md" else render_html(results)
     if args.out:
         write_text_atomic(args.out, text)
     else:

@@ -200,8 +200,10 @@ def _duplicates_and_index(results: Mapping[str, CheckResult]) -> list[Cause]:
             )
         keys = _m(results, "text_quality").get("duplicate_key_count")
         if keys:
-            evidence.append(f"{keys} (article, chunk) keys occur more than once: whole windows "
-                            "were written twice")
+            evidence.append(
+                f"{keys} (article, chunk) keys occur more than once: whole windows "
+                "were written twice"
+            )
         causes.append(Cause("duplicates", 0.6 + min(0.35, 3 * max(exact, near)), evidence))
     if _status(results, "oracle_recall") == "failed":
         err = max(
@@ -584,7 +586,8 @@ def diagnose(
                 "low_coherence_dilution",
                 0.3,
                 [
-                    f"checks failed without a matching rule: {', '.join(failed)} — read their details"
+                    f"checks failed without a matching rule: {', '.join(failed)} — "
+                    "read their details"
                 ],
             )
             if any(f.startswith("coherence") for f in failed)

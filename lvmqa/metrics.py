@@ -114,10 +114,10 @@ def check_norms(ctx: CheckContext) -> CheckResult:
                 "<",
                 tol,
                 kind,
-            ),  # type: ignore[arg-type]
+            ),
             Gate(
                 f"{part} norm spread", f"{part}_norm_std", m[f"{part}_norm_std"], "<", std_max, kind
-            ),  # type: ignore[arg-type]
+            ),
         ]
         for bad in ("nan", "inf", "zero"):
             gates.append(

@@ -49,17 +49,22 @@ def build_results(session: Any) -> dict[str, Any]:
             "encoder": ctx.encoder_name(),
             "baseline": (ctx.baseline().name if ctx.baseline() else None),
             "checks": checks,
-            "diagnosis": _safe_diagnosis(diagnose, name, {cid: ran[cid] for cid in checks}),
+            "diagnosis": _safe_diagnosis(diagnose, name, {cid: ran[cid] for cid in checks}, ctx),
         }
     return {"lvmqa_version": __version__, "datasets": datasets}
 
 
 def _safe_diagnosis(
-    diagnose: Callable[..., dict[str, Any]], name: str, ran: dict[str, CheckResult]
+    diagnose: Callable[..., dict[str, Any]],
+    name: str,
+    ran: dict[str, CheckResult],
+    ctx: Any = None,
 ) -> dict[str, Any]:
     """A bug in the rules must not cost the user the JSON and the report of every check."""
     try:
-        return diagnose(name, ran)
+        from lvmqa.diagnosis import facts_from_context
+
+        return diagnose(name, ran, facts_from_context(ctx) if ctx is not None else None)
     except Exception as exc:
         return {
             "verdict": "error",

@@ -53,7 +53,8 @@ class Gate:
     def describe(self) -> str:
         value = _fmt(self.value)
         verdict = "ok" if self.passed else "FAILED"
-        return f"{self.name}: {self.metric}={value} {self.op} {_fmt(self.threshold)} ({self.kind}) {verdict}"
+        threshold = _fmt(self.threshold)
+        return f"{self.name}: {self.metric}={value} {self.op} {threshold} ({self.kind}) {verdict}"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -37,6 +37,7 @@ def quality_pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester folder holding a copy of quality_tests and a conftest loading the plugin."""
     shutil.copytree(QUALITY_TESTS, pytester.path / "quality_tests")
     pytester.makeconftest('pytest_plugins = ["lvmqa.plugin"]')
-    pytester.makeini("[pytest]\nmarkers =\n    p0: p0\n    p1: p1\n    p2: p2\n"
+    # importlib mode: the outer process may already hold the repo's quality_tests modules
+    pytester.makeini("[pytest]\naddopts = --import-mode=importlib\nmarkers =\n    p0: p0\n    p1: p1\n    p2: p2\n"
                      "    smoke: smoke\n    slow: slow\n")
     return pytester

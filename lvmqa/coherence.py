@@ -1,0 +1,1234 @@
+"""Adjacency coherence of LVM training data, and its drift against a baseline dataset.
+
+Three definitions of "adjacent", because they answer different questions:
+
+* **file order** — cosine of consecutive target rows as stored, ignoring article
+  boundaries. This is the origin's definition; it is kept so numbers stay comparable
+  with the seed diagnosis, but it mixes content quality with ordering defects, and it
+  describes the windows only when they slide over the rows (not for shuffled files).
+* **within window** — cosine of consecutive context positions (j, j+1); reported with
+  the last context -> target cosine and the whole context-position profile: what the
+  model actually sees.
+* **article order** — cosine of targets of consecutive chunks of the same article after
+  sorting by (article, chunk): content coherence with ordering defects removed. Needs
+  article ids (from the file, its metadata, or a join of target ids to the source bank).
+
+Everything per row is computed in ONE streaming pass over ``Dataset.iter_chunks`` and
+kept as small float32 arrays (a few values per row); the (N, C, D) data is never held.
+The pass is shared with ``lvmqa.integrity`` through ``ctx.cached("coherence_pass")``.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lvmqa.errors import CheckSkipped, LvmqaError
+from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lvmqa.checks import CheckContext
+    from lvmqa.io import Dataset
+
+T = TypeVar("T")
+
+# Histogram of the seed: bins of 0.1 from -0.2 to 1.0; values outside go to the end bins.
+HIST_EDGES: np.ndarray = np.round(np.linspace(-0.2, 1.0, 13), 10)
+PERCENTILES = (10, 25, 50, 75, 90)
+CACHE_ROWS = 256  # rows per sub-block: (C+1) x 768 x 4 B x 256 = 4.7 MB, cache-sized
+MAX_LAG = 8  # lags of the file-order decay profile (k = 1..8)
+DEFAULT_LOW_COHERENCE = 0.30
+DEFAULT_DRIFT_MEAN_PCT = -5.0
+DEFAULT_DRIFT_LOW_SHARE_PP = 5.0
+BOOTSTRAP_REPS = 1000
+CI_LEVEL = 0.95
+# Contexts are matched to earlier target rows through projections of three short
+# segments of each vector; see CoherenceAccumulator._identify_contexts.
+IDENTITY_SEGMENT = 16
+IDENTITY_RTOL = 1e-5
+IDENTITY_SEED = 20251030
+# File order is the window order when most windows slide over the rows.
+SLIDING_MAJORITY = 0.5
+LOWEST_ARTICLES = 10
+MIN_PAIRS_PER_ARTICLE = 3
+EXAMPLE_CHARS = 200
+GATHER_PAIRS = 8192  # pairs per gather block: at most 2 x 8192 rows in memory
+GATHER_MAX_GAP = 32
+GATHER_SPAN_ROWS = 4096
+
+DriftVerdict = Literal["none", "moderate", "significant"]
+VERDICT_LEVEL: dict[str, int] = {"none": 0, "moderate": 1, "significant": 2}
+
+
+# --------------------------------------------------------------------------- the pass
+@dataclass
+class CoherencePass:
+    """Per-row cosines from one streaming pass (all float32, NaN where undefined).
+
+    ``lag_cosines[g, k-1]`` = cos(target[g-k], target[g]) for k = 1..K (NaN for g < k).
+    ``position_cosines[g, j]`` = cos(context j, target) of window g.
+    ``step_cosines[g, j]`` = cos(context j, context j+1) of window g.
+    ``context_is_previous_target[g, j]`` is True when context j of window g holds the
+    same vector as the target of row g - C + j, i.e. the window was built by sliding over
+    the rows in file order. It lets ids known per row be used for whole windows.
+    """
+
+    n: int
+    context_length: int
+    lag_cosines: np.ndarray
+    position_cosines: np.ndarray
+    step_cosines: np.ndarray
+    context_is_previous_target: np.ndarray
+    invalid_targets: int
+    invalid_context_vectors: int
+    normalised_target_sum: np.ndarray
+    valid_targets: int
+
+    @property
+    def max_lag(self) -> int:
+        return int(self.lag_cosines.shape[1])
+
+    @property
+    def file_order(self) -> np.ndarray:
+        """cos(target[i], target[i+1]) for i = 0..N-2: the origin's adjacency."""
+        return self.lag_cosines[1:, 0]
+
+    def lag(self, k: int) -> np.ndarray:
+        """cos(target[i], target[i+k]) for i = 0..N-k-1."""
+        return self.lag_cosines[k:, k - 1]
+
+    @property
+    def within_window(self) -> np.ndarray:
+        """Consecutive context positions, all windows, row-major (window by window)."""
+        return self.step_cosines.reshape(-1)
+
+    @property
+    def last_context_to_target(self) -> np.ndarray:
+        return self.position_cosines[:, -1]
+
+    @property
+    def sliding_window_share(self) -> float:
+        """Share of windows (from row C on) whose contexts are exactly the C previous
+        targets: the windows were built by sliding over the rows in file order."""
+        later = self.context_is_previous_target[self.context_length :]
+        return float(later.all(axis=1).mean()) if len(later) else float("nan")
+
+    @property
+    def file_order_is_window_order(self) -> bool:
+        """True when most windows slide over the file, so the file order is what the
+        model reads; False for shuffled or independently built windows, whose file
+        order says nothing about the windows (a random split, a shuffled training file)."""
+        return bool(self.sliding_window_share >= SLIDING_MAJORITY)
+
+    @property
+    def random_pair_mean(self) -> float:
+        """Mean cosine over ALL pairs of distinct valid targets (exact, from the sum).
+
+        sum_{i != j} t_i . t_j = |sum t|^2 - sum |t_i|^2, with |t_i| = 1 after normalising.
+        It is the level adjacency falls to when order carries no information.
+        """
+        v = self.valid_targets
+        if v < 2:
+            return float("nan")
+        total = float(np.dot(self.normalised_target_sum, self.normalised_target_sum))
+        return (total - v) / (v * (v - 1))
+
+
+class CoherenceAccumulator:
+    """Builds a :class:`CoherencePass` from consecutive row blocks of any size."""
+
+    def __init__(self, n: int, context_length: int, dim: int, *, max_lag: int = MAX_LAG) -> None:
+        if n < 0 or context_length < 1 or dim < 1:
+            raise ValueError(f"bad shape n={n}, C={context_length}, D={dim}")
+        self.n, self.c, self.dim = n, context_length, dim
+        # The lag window must also reach back C rows to identify file-order contexts.
+        self.k = max(max_lag, context_length)
+        self.max_lag = max_lag
+        self.lag = np.full((n, self.k), np.nan, dtype=np.float32)
+        self.position = np.full((n, context_length), np.nan, dtype=np.float32)
+        self.step = np.full((n, context_length - 1), np.nan, dtype=np.float32)
+        self.identity = np.zeros((n, context_length), dtype=bool)
+        self.rows_seen = 0
+        self.invalid_targets = 0
+        self.invalid_context_vectors = 0
+        self._target_sum = np.zeros(dim, dtype=np.float64)
+        self._valid_targets = 0
+        # The last K targets (raw) and their norms, carried across blocks; NaN = no row.
+        self._prev = np.full((self.k, dim), np.nan, dtype=np.float32)
+        self._prev_norm = np.full(self.k, np.nan, dtype=np.float32)
+        self._target_valid = np.zeros(n, dtype=bool)
+        self._segments = _identity_segments(dim)
+        self._proj = (
+            np.random.default_rng(IDENTITY_SEED)
+            .standard_normal((len(self._segments), self._segments[0].stop, 2))
+            .astype(np.float32)
+        )
+        self._prev_hash = np.full((self.k, 2), np.nan, dtype=np.float32)
+
+    def add(self, contexts: np.ndarray, targets: np.ndarray) -> None:
+        m = len(targets)
+        if m == 0:
+            return
+        s, e = self.rows_seen, self.rows_seen + m
+        if e > self.n:
+            raise ValueError(f"more rows than announced: {e} > {self.n}")
+        if contexts.shape != (m, self.c, self.dim) or targets.shape != (m, self.dim):
+            raise ValueError(
+                f"block shapes {contexts.shape} / {targets.shape} do not match "
+                f"(k, {self.c}, {self.dim}) / (k, {self.dim})"
+            )
+        t = np.ascontiguousarray(targets, dtype=np.float32)
+        x = np.ascontiguousarray(contexts, dtype=np.float32)
+        t_norm = _safe_norms(np.einsum("nd,nd->n", t, t))
+        self._target_valid[s:e] = np.isfinite(t_norm)
+        # Row g of ``ext`` + K is target g of this block; the first K rows are carried over.
+        ext = np.concatenate([self._prev, t])
+        ext_norm = np.concatenate([self._prev_norm, t_norm])
+        before = sliding_window_view(ext, self.k + 1, axis=0).transpose(0, 2, 1)
+        before_norm = sliding_window_view(ext_norm, self.k + 1)[:, : self.k]
+        self._identify_contexts(s, x, t)
+        # Sub-blocks small enough to stay in cache while several quantities re-read them.
+        for a in range(0, m, CACHE_ROWS):
+            b = min(a + CACHE_ROWS, m)
+            self._add_lags(s + a, t[a:b], t_norm[a:b], before[a:b], before_norm[a:b])
+        # A window whose contexts are the previous targets (sliding windows) has all its
+        # context cosines among the lag cosines already computed; only the others are
+        # computed from the context vectors.
+        known = self.identity[s:e].all(axis=1)
+        self._derive_context_cosines(s + np.flatnonzero(known))
+        rest = np.flatnonzero(~known)
+        for a in range(0, rest.size, CACHE_ROWS):
+            idx = rest[a : a + CACHE_ROWS]
+            if idx.size == idx[-1] - idx[0] + 1:  # contiguous: views, no copies
+                part = slice(int(idx[0]), int(idx[-1]) + 1)
+                self._context_cosines(s + idx, x[part], t[part], t_norm[part])
+            else:
+                self._context_cosines(s + idx, x[idx], t[idx], t_norm[idx])
+        self._prev = ext[-self.k :].copy()
+        self._prev_norm = ext_norm[-self.k :].copy()
+        self.rows_seen = e
+
+    def _identify_contexts(self, s: int, x: np.ndarray, t: np.ndarray) -> None:
+        """Mark context j of window g when it is the vector of target g - C + j.
+
+        Vectors are compared through two fixed random projections of three short
+        segments (start, middle, end: cheap, no second trip over the rows). Equal vectors
+        agree exactly; distinct embeddings, or a re-encoded, re-rounded or perturbed copy,
+        disagree by far more than the 1e-5 relative tolerance.
+        """
+        e = s + len(t)
+        ht, hx = self._hash(t), self._hash(x)  # (m, 2), (m, C, 2)
+        ext = np.concatenate([self._prev_hash, ht])
+        earlier = sliding_window_view(ext, self.k, axis=0)[: len(t)].transpose(0, 2, 1)
+        earlier = earlier[:, self.k - self.c :, :]  # row g - C + j for context j
+        with np.errstate(invalid="ignore"):
+            scale = np.abs(earlier).max(axis=-1)
+            same = (np.abs(hx - earlier) <= IDENTITY_RTOL * scale[..., None]).all(axis=-1)
+        self.identity[s:e] = same & (scale > 0)
+        self._prev_hash = ext[-self.k :].copy()
+
+    def _hash(self, v: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = v[..., self._segments[0]] @ self._proj[0]
+            for segment, proj in zip(self._segments[1:], self._proj[1:], strict=True):
+                out += v[..., segment] @ proj
+        return out
+
+    def _add_lags(
+        self,
+        s: int,
+        t: np.ndarray,
+        t_norm: np.ndarray,
+        before: np.ndarray,
+        before_norm: np.ndarray,
+    ) -> None:
+        e = s + len(t)
+        t_bad = np.isnan(t_norm)
+        self.invalid_targets += int(t_bad.sum())
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            dots = np.matmul(before[:, : self.k, :], t[:, :, None])[..., 0]
+            self.lag[s:e] = (dots / (before_norm * t_norm[:, None]))[:, ::-1]  # col k-1 = lag k
+            weights = np.where(t_bad, 0.0, 1.0 / np.where(t_bad, 1.0, t_norm)).astype(np.float32)
+            clean = np.where(t_bad[:, None], np.float32(0), t) if t_bad.any() else t
+            self._target_sum += np.einsum("n,nd->d", weights, clean).astype(np.float64)
+        self._valid_targets += int((~t_bad).sum())
+
+    def _derive_context_cosines(self, rows: np.ndarray) -> None:
+        """Context cosines of sliding windows: context j of window g is target g - C + j."""
+        if rows.size == 0:
+            return
+        c = self.c
+        self.position[rows] = self.lag[rows, :c][:, ::-1]  # lag C - j sits in column C-j-1
+        if c > 1:
+            self.step[rows] = self.lag[rows[:, None] - c + 1 + np.arange(c - 1), 0]
+        earlier = rows[:, None] - c + np.arange(c)
+        self.invalid_context_vectors += int((~self._target_valid[earlier]).sum())
+
+    def _context_cosines(
+        self, rows: np.ndarray, x: np.ndarray, t: np.ndarray, t_norm: np.ndarray
+    ) -> None:
+        x_norm = _safe_norms(np.einsum("ncd,ncd->nc", x, x))
+        self.invalid_context_vectors += int(np.isnan(x_norm).sum())
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            pos = np.matmul(x, t[:, :, None])[..., 0]
+            self.position[rows] = pos / (x_norm * t_norm[:, None])
+            if self.c > 1:
+                step = np.einsum("ncd,ncd->nc", x[:, :-1], x[:, 1:])
+                self.step[rows] = step / (x_norm[:, :-1] * x_norm[:, 1:])
+
+    def finish(self) -> CoherencePass:
+        if self.rows_seen != self.n:
+            raise ValueError(f"pass ended after {self.rows_seen} of {self.n} rows")
+        return CoherencePass(
+            n=self.n,
+            context_length=self.c,
+            lag_cosines=self.lag[:, : self.max_lag] if self.k > self.max_lag else self.lag,
+            position_cosines=self.position,
+            step_cosines=self.step,
+            context_is_previous_target=self.identity,
+            invalid_targets=self.invalid_targets,
+            invalid_context_vectors=self.invalid_context_vectors,
+            normalised_target_sum=self._target_sum,
+            valid_targets=self._valid_targets,
+        )
+
+
+def _identity_segments(dim: int) -> list[slice]:
+    """Start, middle and end segments of a vector (the whole of a short one)."""
+    w = IDENTITY_SEGMENT
+    if dim < 3 * w:
+        return [slice(0, dim)]
+    mid = dim // 2 - w // 2
+    return [slice(0, w), slice(mid, mid + w), slice(dim - w, dim)]
+
+
+def _safe_norms(squared: np.ndarray) -> np.ndarray:
+    """sqrt of squared norms; zero, NaN and Inf norms become NaN (excluded everywhere)."""
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(squared).astype(np.float32, copy=False)
+    norms[~np.isfinite(norms) | (norms <= 0)] = np.nan
+    return norms
+
+
+def coherence_pass_of_arrays(
+    contexts: np.ndarray, targets: np.ndarray, *, block_rows: int | None = None
+) -> CoherencePass:
+    """The pass over in-memory arrays (tests, small data), optionally block by block."""
+    n, c, d = contexts.shape
+    acc = CoherenceAccumulator(n, c, d)
+    step = block_rows or max(n, 1)
+    for start in range(0, n, step):
+        acc.add(contexts[start : start + step], targets[start : start + step])
+    return acc.finish()
+
+
+def stream_coherence_pass(
+    dataset: Dataset,
+    *,
+    rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CoherencePass:
+    """One sequential pass over the dataset; reading overlaps computing (a prefetch thread).
+
+    ``progress(rows_done, rows_total)`` is called after each block (for a progress bar).
+    """
+    acc = CoherenceAccumulator(dataset.n, dataset.context_length, dataset.dim)
+    for chunk in _prefetched(dataset.iter_chunks(rows)):
+        if chunk.start != acc.rows_seen:
+            raise LvmqaError(
+                "chunks arrived out of order",
+                path=dataset.path,
+                expected=f"row {acc.rows_seen}",
+                found=f"row {chunk.start}",
+            )
+        acc.add(chunk.contexts, chunk.targets)
+        if progress is not None:
+            progress(acc.rows_seen, dataset.n)
+    return acc.finish()
+
+
+def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead.
+
+    File reads and numpy kernels release the GIL, so on two cores the next block is
+    read while this one is computed. Memory stays bounded by ``depth`` + 2 blocks.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, payload: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put((kind, payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # re-raised in the consumer thread
+            put("error", exc)
+
+    worker = threading.Thread(target=produce, name="lvmqa-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, payload = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise payload
+            yield payload
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def coherence_pass(ctx: CheckContext) -> CoherencePass:
+    """The dataset's pass, computed once and shared by coherence, drift and integrity."""
+    return ctx.cached("coherence_pass", lambda: stream_coherence_pass(ctx.dataset))
+
+
+# ---------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class CosineSummary:
+    n: int  # values used (finite)
+    n_excluded: int  # NaN values (zero / non-finite vectors), excluded and counted
+    mean: float
+    std: float
+    percentiles: dict[int, float]
+    low_share: float
+    low_threshold: float
+    histogram: np.ndarray  # counts per HIST_EDGES bin, sums to n
+
+    def metrics(self, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f"{prefix}_mean": self.mean,
+            f"{prefix}_std": self.std,
+            **{f"{prefix}_p{q}": v for q, v in self.percentiles.items()},
+            f"{prefix}_low_share": self.low_share,
+            f"{prefix}_n": self.n,
+            f"{prefix}_excluded": self.n_excluded,
+            f"{prefix}_histogram": [int(c) for c in self.histogram],
+        }
+        return out
+
+    def shares_pct(self) -> np.ndarray:
+        return 100.0 * self.histogram / max(self.n, 1)
+
+
+def cosine_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts in the seed's bins; below -0.2 go to the first bin, >= 1.0 to the last."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    idx = np.searchsorted(HIST_EDGES, finite, side="right") - 1
+    idx = np.clip(idx, 0, len(HIST_EDGES) - 2)
+    return np.bincount(idx, minlength=len(HIST_EDGES) - 1).astype(np.int64)
+
+
+def histogram_labels() -> list[str]:
+    """Bin labels; the end bins are labelled by what they hold (cosines lie in [-1, 1])."""
+    labels = []
+    last = len(HIST_EDGES) - 2
+    for i in range(last + 1):
+        lo = -1.0 if i == 0 else float(HIST_EDGES[i])
+        hi = float(HIST_EDGES[i + 1])
+        close = "]" if i == last else ")"
+        labels.append(f"[{lo:.1f}, {hi:.1f}{close}")
+    return labels
+
+
+def summarize_cosines(values: np.ndarray, low_threshold: float) -> CosineSummary:
+    values = np.asarray(values).reshape(-1)
+    finite_mask = np.isfinite(values)
+    finite = values[finite_mask].astype(np.float64)
+    excluded = int(values.size - finite.size)
+    if finite.size == 0:
+        nan = float("nan")
+        return CosineSummary(
+            0,
+            excluded,
+            nan,
+            nan,
+            {q: nan for q in PERCENTILES},
+            nan,
+            low_threshold,
+            np.zeros(len(HIST_EDGES) - 1, dtype=np.int64),
+        )
+    pct = np.percentile(finite, PERCENTILES)
+    return CosineSummary(
+        n=int(finite.size),
+        n_excluded=excluded,
+        mean=float(finite.mean()),
+        std=float(finite.std()),
+        percentiles={q: float(v) for q, v in zip(PERCENTILES, pct, strict=True)},
+        low_share=float((finite < low_threshold).mean()),
+        low_threshold=low_threshold,
+        histogram=cosine_histogram(finite),
+    )
+
+
+def column_means(values: np.ndarray) -> np.ndarray:
+    """NaN-excluding mean of each column (NaN for an all-NaN column), without warnings."""
+    valid = np.isfinite(values)
+    sums = np.where(valid, values, 0.0).sum(axis=0, dtype=np.float64)
+    counts = valid.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+# ------------------------------------------------------------------ block bootstrap
+def block_length(values: np.ndarray, *, max_lag: int = 5000) -> int:
+    """Block length for a moving-block bootstrap of an autocorrelated series.
+
+    Adjacency cosines are autocorrelated: consecutive pairs share a vector and whole
+    articles are more or less coherent. Blocks must be longer than that memory, so the
+    length is twice the first lag at which the sample autocorrelation is no longer
+    significant (|acf| < 2/sqrt(n)), and at least n^(1/3) (the usual rate), at most n/10
+    (keep >= 10 blocks).
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 20:
+        return 1
+    x = x - x.mean()
+    var = float(np.dot(x, x))
+    base = math.ceil(n ** (1.0 / 3.0))
+    if var <= 0:
+        return min(base, max(1, n // 10))
+    lags = min(max_lag, n // 2)
+    size = 1 << math.ceil(math.log2(2 * n))
+    spectrum = np.fft.rfft(x, size)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[: lags + 1] / var
+    below = np.flatnonzero(np.abs(acf[1:]) < 2.0 / math.sqrt(n))
+    memory = int(below[0]) + 1 if below.size else lags
+    return int(min(max(base, 2 * memory), max(1, n // 10)))
+
+
+def block_bootstrap_means(
+    series: np.ndarray, block: int, reps: int, rng: np.random.Generator, *, batch: int = 64
+) -> np.ndarray:
+    """(reps, s) bootstrap means of the columns of ``series`` (n, s) or (n,), NaNs excluded.
+
+    Moving-block bootstrap: ceil(n / block) blocks of consecutive rows, starts drawn
+    uniformly; rows are resampled together, so the columns keep their dependence.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    n, s = x.shape
+    if n == 0:
+        return np.full((reps, s), np.nan)
+    valid = np.isfinite(x)
+    sums = np.zeros((n + 1, s))
+    sums[1:] = np.cumsum(np.where(valid, x, 0.0), axis=0)
+    counts = np.zeros((n + 1, s))
+    counts[1:] = np.cumsum(valid, axis=0)
+    length = int(min(max(block, 1), n))
+    n_blocks = math.ceil(n / length)
+    out = np.empty((reps, s))
+    for first in range(0, reps, batch):
+        k = min(batch, reps - first)
+        starts = rng.integers(0, n - length + 1, size=(k, n_blocks))
+        total = (sums[starts + length] - sums[starts]).sum(axis=1)
+        count = (counts[starts + length] - counts[starts]).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[first : first + k] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
+
+
+def percentile_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return (float("nan"), float("nan"))
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+    return (float(lo), float(hi))
+
+
+def seeded_rng(ctx: CheckContext | None, salt: str) -> np.random.Generator:
+    """A generator from the run's seed and a fixed per-use salt (stable across runs)."""
+    seed = int(getattr(getattr(ctx, "options", None), "seed", 0) or 0) if ctx else 0
+    return np.random.default_rng([seed, *salt.encode()])
+
+
+# ---------------------------------------------------------------------------- drift
+@dataclass(frozen=True)
+class DriftComparison:
+    """One definition of adjacency compared between a baseline and the current data."""
+
+    definition: str
+    baseline: CosineSummary
+    current: CosineSummary
+    mean_drift: float  # current - baseline
+    mean_drift_pct: float
+    mean_drift_ci: tuple[float, float]
+    low_share_change_pp: float
+    low_share_change_ci_pp: tuple[float, float]
+    block_rows: tuple[int, int]  # bootstrap block length: baseline, current
+    verdict: DriftVerdict
+    reasons: tuple[str, ...]
+
+    @property
+    def mean_drift_pct_ci(self) -> tuple[float, float]:
+        base = abs(self.baseline.mean)
+        if not base:
+            return (float("nan"), float("nan"))
+        return (100 * self.mean_drift_ci[0] / base, 100 * self.mean_drift_ci[1] / base)
+
+    def bin_table(self) -> list[dict[str, Any]]:
+        """The seed's distribution table: range, baseline %, current %, change in pp."""
+        base, cur = self.baseline.shares_pct(), self.current.shares_pct()
+        return [
+            {
+                "range": label,
+                "baseline_pct": float(b),
+                "current_pct": float(c),
+                "change_pp": float(c - b),
+            }
+            for label, b, c in zip(histogram_labels(), base, cur, strict=True)
+        ]
+
+    def metrics(self) -> dict[str, Any]:
+        p = self.definition
+        return {
+            f"{p}_baseline_mean": self.baseline.mean,
+            f"{p}_current_mean": self.current.mean,
+            f"{p}_mean_drift": self.mean_drift,
+            f"{p}_mean_drift_pct": self.mean_drift_pct,
+            f"{p}_mean_drift_ci": list(self.mean_drift_ci),
+            f"{p}_mean_drift_pct_ci": list(self.mean_drift_pct_ci),
+            f"{p}_baseline_low_share": self.baseline.low_share,
+            f"{p}_current_low_share": self.current.low_share,
+            f"{p}_low_share_change_pp": self.low_share_change_pp,
+            f"{p}_low_share_change_ci_pp": list(self.low_share_change_ci_pp),
+            f"{p}_baseline_p50": self.baseline.percentiles[50],
+            f"{p}_current_p50": self.current.percentiles[50],
+            f"{p}_baseline_p90": self.baseline.percentiles[90],
+            f"{p}_current_p90": self.current.percentiles[90],
+            f"{p}_drift_verdict": self.verdict,
+            f"{p}_drift_level": VERDICT_LEVEL[self.verdict],
+        }
+
+    def describe(self) -> str:
+        lo, hi = self.mean_drift_pct_ci
+        plo, phi = self.low_share_change_ci_pp
+        return (
+            f"{self.definition.replace('_', ' ')}: mean {self.baseline.mean:.4f} -> "
+            f"{self.current.mean:.4f} ({self.mean_drift_pct:+.1f} %, 95 % CI {lo:+.1f}..{hi:+.1f}),"
+            f" low share {100 * self.baseline.low_share:.1f} % -> "
+            f"{100 * self.current.low_share:.1f} % ({self.low_share_change_pp:+.1f} pp, CI "
+            f"{plo:+.1f}..{phi:+.1f}): {self.verdict}"
+        )
+
+
+def compare_cosines(
+    definition: str,
+    baseline: np.ndarray,
+    current: np.ndarray,
+    *,
+    low_threshold: float = DEFAULT_LOW_COHERENCE,
+    drift_mean_pct: float = DEFAULT_DRIFT_MEAN_PCT,
+    drift_low_share_pp: float = DEFAULT_DRIFT_LOW_SHARE_PP,
+    reps: int = BOOTSTRAP_REPS,
+    rng: np.random.Generator | None = None,
+) -> DriftComparison:
+    """Drift of one adjacency definition, with block-bootstrap CIs and a verdict.
+
+    A drift is *significant* when, for the mean or for the low share, it is beyond the
+    threshold in the worse direction AND its 95 % CI excludes zero; *moderate* when only
+    one of the two holds for some measure; *none* otherwise. Both series are resampled in
+    blocks (each with its own block length) because neighbouring cosines are dependent.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    base_sum = summarize_cosines(baseline, low_threshold)
+    cur_sum = summarize_cosines(current, low_threshold)
+    base_block, cur_block = block_length(baseline), block_length(current)
+    base_boot = block_bootstrap_means(_with_low(baseline, low_threshold), base_block, reps, rng)
+    cur_boot = block_bootstrap_means(_with_low(current, low_threshold), cur_block, reps, rng)
+    diff = cur_boot - base_boot
+    mean_drift = cur_sum.mean - base_sum.mean
+    mean_pct = 100.0 * mean_drift / abs(base_sum.mean) if base_sum.mean else float("nan")
+    low_pp = 100.0 * (cur_sum.low_share - base_sum.low_share)
+    mean_ci = percentile_ci(diff[:, 0])
+    low_ci = percentile_ci(100.0 * diff[:, 1])
+
+    mean_beyond = mean_pct < drift_mean_pct
+    mean_sure = mean_ci[1] < 0
+    low_beyond = low_pp > drift_low_share_pp
+    low_sure = low_ci[0] > 0
+    reasons = []
+    if mean_beyond:
+        reasons.append(f"mean drift {mean_pct:+.1f} % is beyond {drift_mean_pct:+.1f} %")
+    if mean_sure:
+        reasons.append("the mean is lower beyond sampling noise (CI < 0)")
+    if low_beyond:
+        reasons.append(f"low share up {low_pp:+.1f} pp, beyond {drift_low_share_pp:+.1f} pp")
+    if low_sure:
+        reasons.append("the low share is higher beyond sampling noise (CI > 0)")
+    verdict: DriftVerdict
+    if (mean_beyond and mean_sure) or (low_beyond and low_sure):
+        verdict = "significant"
+    elif reasons:
+        verdict = "moderate"
+    else:
+        verdict = "none"
+    return DriftComparison(
+        definition,
+        base_sum,
+        cur_sum,
+        mean_drift,
+        mean_pct,
+        mean_ci,
+        low_pp,
+        low_ci,
+        (base_block, cur_block),
+        verdict,
+        tuple(reasons),
+    )
+
+
+def _with_low(values: np.ndarray, low_threshold: float) -> np.ndarray:
+    """Columns [cosine, is_low] with NaN kept in both, for a joint bootstrap."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    low = np.where(np.isfinite(v), (v < low_threshold).astype(np.float64), np.nan)
+    return np.stack([v, low], axis=1)
+
+
+# --------------------------------------------------------------------- row ids
+@dataclass(frozen=True)
+class RowIds:
+    """Article and chunk of each row's target, where known, and where they came from."""
+
+    article: np.ndarray  # int64 (value meaningless where not known)
+    article_known: np.ndarray  # bool
+    chunk: np.ndarray  # int64
+    chunk_known: np.ndarray  # bool
+    title: np.ndarray | None  # object array of str / None
+    source: str  # "file", "source bank", or "file + source bank"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.article_known.all())
+
+    def title_of(self, row: int) -> str | None:
+        if self.title is None:
+            return None
+        value = self.title[row]
+        return value if isinstance(value, str) else None
+
+
+def _int_column(meta: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    n = len(meta)
+    if column not in meta.columns:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    series = meta[column]
+    known = series.notna().to_numpy(dtype=bool, copy=True)
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    return np.where(known, values, 0).astype(np.int64), known
+
+
+def _text_column(meta: pd.DataFrame, column: str) -> np.ndarray | None:
+    if column not in meta.columns or not meta[column].notna().any():
+        return None
+    return np.asarray(meta[column].astype(object).where(meta[column].notna(), None))
+
+
+def row_ids_from_tables(meta: pd.DataFrame, bank: pd.DataFrame | None) -> RowIds | None:
+    """Per-row ids from the dataset's metadata, filled by a join of ``target_id`` to a bank
+    table (columns target_id, article, chunk, title) for rows the file leaves unknown."""
+    article, a_known = _int_column(meta, "article")
+    chunk, c_known = _int_column(meta, "chunk")
+    title = _text_column(meta, "title")
+    sources = ["file"] if a_known.any() else []
+    notes: list[str] = []
+    need = ~a_known
+    if bank is not None and need.any() and "target_id" in meta.columns:
+        import pandas as pd
+
+        table = bank.dropna(subset=["target_id"])
+        dup = table["target_id"].duplicated()
+        if dup.any():
+            notes.append(f"{int(dup.sum())} duplicate target ids in the bank (first kept)")
+            table = table[~dup]
+        lookup = pd.Index(table["target_id"].astype(object))
+        ids = meta["target_id"].astype(object).where(meta["target_id"].notna(), None)
+        pos = lookup.get_indexer(ids.to_numpy())
+        pos[ids.isna().to_numpy()] = -1
+        hit = need & (pos >= 0)
+        if hit.any():
+            b_art, b_ak = _int_column(table.reset_index(drop=True), "article")
+            b_chk, b_ck = _int_column(table.reset_index(drop=True), "chunk")
+            rows = pos[hit]
+            article[hit], a_known[hit] = b_art[rows], b_ak[rows]
+            fill_chunk = hit & ~c_known
+            chunk[fill_chunk] = b_chk[pos[fill_chunk]]
+            c_known[fill_chunk] = b_ck[pos[fill_chunk]]
+            b_title = _text_column(table.reset_index(drop=True), "title")
+            if b_title is not None:
+                title = title if title is not None else np.full(len(meta), None, dtype=object)
+                fill_title = hit & np.array([t is None for t in title])
+                title[fill_title] = b_title[pos[fill_title]]
+            sources.append("source bank")
+        missed = int((need & (pos < 0) & ids.notna().to_numpy()).sum())
+        if missed:
+            notes.append(f"{missed} target ids not found in the source bank")
+    if not a_known.any():
+        return None
+    return RowIds(article, a_known, chunk, c_known, title, " + ".join(sources), tuple(notes))
+
+
+def resolve_row_ids(ctx: CheckContext) -> RowIds | None:
+    """Ids per row: the file/metadata first, then ``target_id`` joined to the source bank."""
+
+    def compute() -> RowIds | None:
+        ds = ctx.dataset
+        meta = ds.meta
+        bank_table = None
+        notes: list[str] = []
+        needs_join = (not meta["article"].notna().all()) and meta["target_id"].notna().any()
+        if needs_join:
+            try:
+                bank = ctx.source_bank()
+                bank_table = bank.bank_table() if bank is not None else None
+            except LvmqaError as exc:
+                notes.append(f"source bank unusable: {exc}")
+        ids = row_ids_from_tables(meta, bank_table)
+        if ids is not None and notes:
+            ids = RowIds(
+                ids.article,
+                ids.article_known,
+                ids.chunk,
+                ids.chunk_known,
+                ids.title,
+                ids.source,
+                ids.notes + tuple(notes),
+            )
+        return ids
+
+    return ctx.cached("row_ids", compute)
+
+
+# ------------------------------------------------------------------- article order
+@dataclass(frozen=True)
+class ArticleOrder:
+    """Targets of consecutive chunks of one article, in (article, chunk) order."""
+
+    first: np.ndarray  # row of the earlier chunk
+    second: np.ndarray  # row of the next chunk
+    article: np.ndarray  # article of each pair
+    cosines: np.ndarray  # float32
+    by_chunk: bool  # False: chunk unknown, so file order inside each article
+
+
+def article_order_pairs(ids: RowIds) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Row pairs (a, b) of consecutive chunks of the same article; duplicate
+    (article, chunk) keys pair with nothing (a duplicate is not an adjacency)."""
+    rows = np.flatnonzero(ids.article_known)
+    art = ids.article[rows]
+    by_chunk = bool(ids.chunk_known[rows].all()) and rows.size > 0
+    chunk = ids.chunk[rows] if by_chunk else np.zeros(rows.size, dtype=np.int64)
+    order = np.lexsort((rows, chunk, art))
+    rows, art, chunk = rows[order], art[order], chunk[order]
+    same_article = art[1:] == art[:-1]
+    new_chunk = chunk[1:] != chunk[:-1] if by_chunk else np.ones(max(rows.size - 1, 0), bool)
+    keep = same_article & new_chunk
+    return rows[:-1][keep], rows[1:][keep], by_chunk
+
+
+def pair_cosines(
+    first: np.ndarray,
+    second: np.ndarray,
+    cpass: CoherencePass,
+    read_rows: Callable[[int, int], np.ndarray],
+) -> np.ndarray:
+    """cos(target[first], target[second]) per pair.
+
+    Pairs at most K rows apart come from the pass for free; the rest are read in blocks
+    of pairs sorted by their first row, each block's rows as few contiguous ranges
+    (bounded memory, sequential on disk, no lasting memory map).
+    """
+    first = np.asarray(first, dtype=np.int64)
+    second = np.asarray(second, dtype=np.int64)
+    lo, hi = np.minimum(first, second), np.maximum(first, second)
+    gap = hi - lo
+    out = np.full(first.size, np.nan, dtype=np.float32)
+    near = (gap >= 1) & (gap <= cpass.max_lag)
+    out[near] = cpass.lag_cosines[hi[near], gap[near] - 1]
+    far = np.flatnonzero(~near & (gap > 0))
+    far = far[np.argsort(lo[far], kind="stable")]
+    for start in range(0, far.size, GATHER_PAIRS):
+        chosen = far[start : start + GATHER_PAIRS]
+        rows = np.unique(np.concatenate([lo[chosen], hi[chosen]]))
+        vectors = _normalised(_read_ranges(rows, read_rows))
+        a = vectors[np.searchsorted(rows, lo[chosen])]
+        b = vectors[np.searchsorted(rows, hi[chosen])]
+        out[chosen] = np.einsum("nd,nd->n", a, b)
+    return out
+
+
+def _read_ranges(rows: np.ndarray, read_rows: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Rows (sorted, unique) read as few contiguous ranges: rows closer than
+    GATHER_MAX_GAP share a read, and no read spans more than GATHER_SPAN_ROWS."""
+    parts = []
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) > GATHER_MAX_GAP) + 1):
+        pieces = (run - run[0]) // GATHER_SPAN_ROWS
+        for piece in np.split(run, np.flatnonzero(np.diff(pieces)) + 1):
+            block = read_rows(int(piece[0]), int(piece[-1]) + 1)
+            parts.append(block[piece - piece[0]])
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = _safe_norms(np.einsum("nd,nd->n", x, x))
+    with np.errstate(invalid="ignore"):
+        return x / norms[:, None]
+
+
+def article_order(ctx: CheckContext) -> ArticleOrder | None:
+    """Article-order cosines (cached); None when no row has a known article."""
+
+    def compute() -> ArticleOrder | None:
+        ids = resolve_row_ids(ctx)
+        if ids is None:
+            return None
+        a, b, by_chunk = article_order_pairs(ids)
+        cos = pair_cosines(a, b, coherence_pass(ctx), ctx.dataset.target_rows)
+        return ArticleOrder(a, b, ids.article[a], cos, by_chunk)
+
+    return ctx.cached("article_order", compute)
+
+
+# -------------------------------------------------------------- series and tables
+def coherence_series(ctx: CheckContext) -> dict[str, np.ndarray]:
+    """Every adjacency definition available for this dataset, as cosine series."""
+
+    def compute() -> dict[str, np.ndarray]:
+        cpass = coherence_pass(ctx)
+        series = {"file_order": cpass.file_order}
+        if cpass.context_length > 1:
+            series["within_window"] = cpass.within_window
+        series["last_context_to_target"] = cpass.last_context_to_target
+        order = article_order(ctx)
+        if order is not None and order.cosines.size:
+            series["article_order"] = order.cosines
+        return series
+
+    return ctx.cached("coherence_series", compute)
+
+
+def _clip_text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    text = " ".join(value.split())
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
+
+
+@dataclass
+class GroupRow:
+    article: int
+    title: str | None
+    n: int
+    mean: float
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "article": self.article,
+            "title": self.title,
+            "n": self.n,
+            "mean": self.mean,
+            "examples": self.examples,
+        }
+
+
+def lowest_groups(
+    labels: np.ndarray,
+    values: np.ndarray,
+    *,
+    k: int = LOWEST_ARTICLES,
+    min_n: int = MIN_PAIRS_PER_ARTICLE,
+) -> list[tuple[int, int, float, np.ndarray]]:
+    """The k groups with the lowest mean value: (label, n, mean, positions of its values).
+
+    Groups with fewer than ``min_n`` finite values are ranked only if no group has enough
+    (one unlucky pair is not evidence about an article).
+    """
+    finite = np.isfinite(values)
+    if not finite.any():
+        return []
+    uniq, inv = np.unique(labels[finite], return_inverse=True)
+    counts = np.bincount(inv)
+    means = np.bincount(inv, weights=values[finite].astype(np.float64)) / counts
+    eligible = np.flatnonzero(counts >= min_n)
+    if eligible.size == 0:
+        eligible = np.arange(uniq.size)
+    chosen = eligible[np.argsort(means[eligible], kind="stable")[:k]]
+    positions = np.flatnonzero(finite)
+    return [(int(uniq[g]), int(counts[g]), float(means[g]), positions[inv == g]) for g in chosen]
+
+
+def lowest_articles_table(ctx: CheckContext, low_threshold: float) -> dict[str, Any]:
+    """Lowest-coherence articles with two example adjacent text pairs each."""
+    ds = ctx.dataset
+    ids = resolve_row_ids(ctx)
+    order = article_order(ctx)
+    targets = ds.target_texts
+    rows: list[GroupRow] = []
+    if order is not None and order.cosines.size:
+        basis = "article order (consecutive chunks of each article)"
+        for art, n, mean, pos in lowest_groups(order.article, order.cosines):
+            worst = pos[np.argsort(order.cosines[pos], kind="stable")[:2]]
+            row = GroupRow(art, ids.title_of(int(order.first[worst[0]])) if ids else None, n, mean)
+            for p in worst:
+                a, b = int(order.first[p]), int(order.second[p])
+                row.examples.append(
+                    {
+                        "rows": [a, b],
+                        "cosine": float(order.cosines[p]),
+                        "first": _clip_text(targets[a]) if targets is not None else None,
+                        "second": _clip_text(targets[b]) if targets is not None else None,
+                    }
+                )
+            rows.append(row)
+    elif ids is not None and coherence_pass(ctx).context_length > 1:
+        basis = "within-window coherence, grouped by the target's article"
+        cpass = coherence_pass(ctx)
+        per_row = column_means(cpass.step_cosines.T)  # mean step of each window
+        known = np.flatnonzero(ids.article_known)
+        contexts = ds.context_texts
+        for art, n, mean, pos in lowest_groups(ids.article[known], per_row[known]):
+            windows = known[pos]
+            worst = windows[np.argsort(per_row[windows], kind="stable")[:2]]
+            row = GroupRow(art, ids.title_of(int(worst[0])), n, mean)
+            for g in worst:
+                j = int(
+                    np.nanargmin(
+                        np.where(np.isnan(cpass.step_cosines[g]), np.inf, cpass.step_cosines[g])
+                    )
+                )
+                row.examples.append(
+                    {
+                        "rows": [int(g)],
+                        "positions": [j, j + 1],
+                        "cosine": float(cpass.step_cosines[g, j]),
+                        "first": _clip_text(contexts[g, j]) if contexts is not None else None,
+                        "second": _clip_text(contexts[g, j + 1]) if contexts is not None else None,
+                    }
+                )
+            rows.append(row)
+    else:
+        return {
+            "basis": None,
+            "rows": [],
+            "note": "no article ids in the file, its metadata or a source bank",
+        }
+    return {"basis": basis, "low_threshold": low_threshold, "rows": [r.to_json() for r in rows]}
+
+
+# --------------------------------------------------------------------------- checks
+DEFINITION_TITLES = {
+    "file_order": "file order (origin's definition)",
+    "within_window": "within window (context j -> j+1)",
+    "last_context_to_target": "last context -> target",
+    "article_order": "article order",
+}
+
+
+def check_coherence(ctx: CheckContext) -> CheckResult:
+    """Adjacency cosine three ways, with the seed's statistics and histogram."""
+    low = float(ctx.threshold("low_coherence", DEFAULT_LOW_COHERENCE))
+    cpass = coherence_pass(ctx)
+    series = coherence_series(ctx)
+    summaries = {name: summarize_cosines(values, low) for name, values in series.items()}
+    metrics: dict[str, Any] = {}
+    for name, summary in summaries.items():
+        metrics.update(summary.metrics(name))
+    metrics["article_order_mean"] = metrics.get("article_order_mean")
+    metrics["position_profile"] = [float(v) for v in column_means(cpass.position_cosines)]
+    metrics["within_window_step_means"] = [float(v) for v in column_means(cpass.step_cosines)]
+    metrics["low_threshold"] = low
+    metrics["invalid_targets"] = cpass.invalid_targets
+    metrics["invalid_context_vectors"] = cpass.invalid_context_vectors
+    metrics["random_pair_mean"] = cpass.random_pair_mean
+    metrics["sliding_window_share"] = cpass.sliding_window_share
+
+    gates = _absolute_coherence_gates(ctx, summaries["file_order"])
+    order = article_order(ctx)
+    details: dict[str, Any] = {
+        "histogram_edges": [float(e) for e in HIST_EDGES],
+        "histogram_labels": histogram_labels(),
+        "definitions": {n: DEFINITION_TITLES[n] for n in series},
+        "lowest_articles": lowest_articles_table(ctx, low),
+        "article_order_by_chunk": None if order is None else order.by_chunk,
+    }
+    if "article_order" not in series:
+        details["article_order_note"] = "article order: NA (no article ids known for the rows)"
+    return from_gates(
+        "coherence", metrics, gates, _coherence_message(summaries, cpass, gates), details
+    )
+
+
+def _absolute_coherence_gates(ctx: CheckContext, file_order: CosineSummary) -> list[Gate]:
+    """Absolute gates only where calibrated for the encoder or set in the registry; the
+    relative judgement lives in coherence_drift."""
+    gates = []
+    if ctx.has_threshold("min_coherence_mean"):
+        gates.append(
+            Gate(
+                "file-order coherence mean",
+                "file_order_mean",
+                file_order.mean,
+                ">=",
+                float(ctx.threshold("min_coherence_mean", 0.0)),
+                _kind(ctx, "min_coherence_mean"),
+            )
+        )
+    if ctx.has_threshold("max_low_coherence_share"):
+        gates.append(
+            Gate(
+                "file-order low-coherence share",
+                "file_order_low_share",
+                file_order.low_share,
+                "<=",
+                float(ctx.threshold("max_low_coherence_share", 1.0)),
+                _kind(ctx, "max_low_coherence_share"),
+            )
+        )
+    return gates
+
+
+def _kind(ctx: CheckContext, key: str) -> GateKind:
+    kind = ctx.threshold_kind(key)
+    return "calibrated" if kind == "calibrated" else "registry"
+
+
+def _coherence_message(
+    summaries: dict[str, CosineSummary], cpass: CoherencePass, gates: list[Gate]
+) -> str:
+    fo = summaries["file_order"]
+    parts = [
+        f"file-order adjacency mean {fo.mean:.4f} (std {fo.std:.4f}, p50 "
+        f"{fo.percentiles[50]:.4f}), {100 * fo.low_share:.1f} % below {fo.low_threshold:g}"
+    ]
+    if "within_window" in summaries:
+        parts.append(f"within window {summaries['within_window'].mean:.4f}")
+    parts.append(f"last context -> target {summaries['last_context_to_target'].mean:.4f}")
+    if "article_order" in summaries:
+        ao = summaries["article_order"]
+        parts.append(f"article order {ao.mean:.4f} ({100 * ao.low_share:.1f} % low)")
+    else:
+        parts.append("article order NA (no ids)")
+    excluded = cpass.invalid_targets + cpass.invalid_context_vectors
+    if excluded:
+        parts.append(f"{excluded} zero/NaN vectors excluded")
+    if not gates:
+        parts.append(
+            "no absolute gate for this encoder; judged relative to the baseline in coherence_drift"
+        )
+    return "; ".join(parts)
+
+
+def check_coherence_drift(ctx: CheckContext) -> CheckResult:
+    """The coherence distributions against the baseline, with a block-bootstrap test."""
+    base_ctx = ctx.baseline()
+    if base_ctx is None:
+        raise CheckSkipped(
+            f"no baseline configured for dataset '{ctx.name}' (set `baseline` "
+            "in lvmqa.toml or pass --baseline)"
+        )
+    low = float(ctx.threshold("low_coherence", DEFAULT_LOW_COHERENCE))
+    mean_pct = float(ctx.threshold("drift_mean_pct", DEFAULT_DRIFT_MEAN_PCT))
+    low_pp = float(ctx.threshold("drift_low_share_pp", DEFAULT_DRIFT_LOW_SHARE_PP))
+    current, baseline = coherence_series(ctx), coherence_series(base_ctx)
+    compared = [name for name in DEFINITION_TITLES if name in current and name in baseline]
+    comparisons = {
+        name: compare_cosines(
+            name,
+            baseline[name],
+            current[name],
+            low_threshold=low,
+            drift_mean_pct=mean_pct,
+            drift_low_share_pp=low_pp,
+            rng=seeded_rng(ctx, f"drift:{name}"),
+        )
+        for name in compared
+    }
+    metrics: dict[str, Any] = {"baseline": base_ctx.name, "compared": compared}
+    details: dict[str, Any] = {
+        "histogram_labels": histogram_labels(),
+        "tables": {},
+        "reasons": {},
+        "block_rows": {},
+    }
+    for name, comp in comparisons.items():
+        metrics.update(comp.metrics())
+        details["tables"][name] = comp.bin_table()
+        details["reasons"][name] = list(comp.reasons)
+        details["block_rows"][name] = list(comp.block_rows)
+    # File order describes what the model reads only when windows slide over the rows,
+    # in both datasets; for shuffled or independently built windows it is reported only.
+    sliding = (
+        coherence_pass(ctx).file_order_is_window_order,
+        coherence_pass(base_ctx).file_order_is_window_order,
+    )
+    gated = [n for n in comparisons if n != "file_order" or all(sliding)]
+    if "file_order" in comparisons and not all(sliding):
+        which = " and ".join(
+            side for side, ok in zip(("current", "baseline"), sliding, strict=True) if not ok
+        )
+        details["not_gated"] = {
+            "file_order": (
+                f"the {which} rows are not sliding windows (shuffled or independently built), "
+                "so their file order is not what the model reads"
+            )
+        }
+    worst = max((comparisons[n] for n in gated), key=lambda c: VERDICT_LEVEL[c.verdict])
+    metrics["drift_verdict"] = worst.verdict
+    metrics["drift_level"] = VERDICT_LEVEL[worst.verdict]
+    metrics["gated"] = gated
+    skipped_defs = [n for n in DEFINITION_TITLES if n not in compared]
+    if skipped_defs:
+        details["not_compared"] = {
+            n: _why_not_compared(n, n in current, n in baseline) for n in skipped_defs
+        }
+    encoders = (ctx.encoder_name(), base_ctx.encoder_name())
+    if all(encoders) and encoders[0] != encoders[1]:
+        details["warning"] = (
+            f"encoders differ ({encoders[0]} vs {encoders[1]}): cosine scales are not comparable"
+        )
+    gates = [
+        Gate(
+            f"{name.replace('_', ' ')}: no significant drift",
+            f"{name}_drift_level",
+            VERDICT_LEVEL[comp.verdict],
+            "<",
+            VERDICT_LEVEL["significant"],
+            "statistical",
+        )
+        for name, comp in comparisons.items()
+        if name in gated
+    ]
+    message = f"vs baseline '{base_ctx.name}': " + "; ".join(
+        comp.describe() for comp in comparisons.values()
+    )
+    return from_gates("coherence_drift", metrics, gates, message, details)
+
+
+def _why_not_compared(name: str, in_current: bool, in_baseline: bool) -> str:
+    missing = [side for side, ok in (("current", in_current), ("baseline", in_baseline)) if not ok]
+    return f"{DEFINITION_TITLES[name]} not available for the {' and '.join(missing)} data"
