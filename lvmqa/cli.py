@@ -139,7 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--out", type=Path, help="output file (default: stdout)")
 
-    command("datasets", "list the registry: paths, sizes, baselines and splits", "lvmqa datasets")
+    listing = command(
+        "datasets",
+        "list the registry: paths, sizes, baselines and splits",
+        "lvmqa datasets --changed-from base-lvmqa.toml",
+    )
+    listing.add_argument(
+        "--changed-from",
+        metavar="TOML",
+        type=Path,
+        help="print only the names of datasets added or changed relative to "
+        "this older registry (for CI gating of pull requests)",
+    )
     return parser
 
 
@@ -293,6 +304,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _datasets(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    if args.changed_from is not None:
+        for name in changed_datasets(registry.path, args.changed_from):
+            print(name)
+        return EXIT_OK
     print(f"registry: {registry.path}")
     for name, entry in registry.datasets.items():
         if entry.build is not None:
@@ -309,6 +324,29 @@ def _datasets(args: argparse.Namespace) -> int:
         )
         print(f"{name:16} {size:>10}  {where}" + (f"  [{related}]" if related else ""))
     return EXIT_OK
+
+
+def changed_datasets(current: Path | None, previous: Path) -> list[str]:
+    """Datasets whose registry entry is new or differs from ``previous`` (a TOML file).
+
+    Entries are compared as parsed tables, so reformatting the file changes nothing.
+    """
+    import tomllib
+
+    from lvmqa.errors import RegistryError
+
+    def tables(path: Path | None) -> dict[str, object]:
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"invalid TOML: {exc}", path=path) from None
+        value = data.get("datasets", {})
+        return value if isinstance(value, dict) else {}
+
+    old, new = tables(previous), tables(current)
+    return [name for name, body in new.items() if old.get(name) != body]
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ class Gate:
         return {
             "name": self.name,
             "metric": self.metric,
-            "value": self.value,
+            "value": to_jsonable(self.value),
             "op": self.op,
-            "threshold": self.threshold,
+            "threshold": to_jsonable(self.threshold),
             "kind": self.kind,
             "passed": self.passed,
         }
@@ -143,8 +143,17 @@ def skipped(check_id: str, reason: str) -> CheckResult:
     return CheckResult(check_id, "skipped", {}, reason)
 
 
+# JSON floats carry 6 significant digits: more than any gate needs, and few enough that
+# the last-bit noise of BLAS reductions (which differ with the thread count) does not
+# make two runs of the same seed disagree.
+JSON_SIGNIFICANT_DIGITS = 6
+
+
 def to_jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and NaN to plain JSON values (NaN -> None)."""
+    """Convert numpy scalars/arrays and NaN to plain JSON values (NaN -> None).
+
+    Floats are rounded to ``JSON_SIGNIFICANT_DIGITS`` significant digits.
+    """
     import numpy as np
 
     if isinstance(value, Mapping):
@@ -155,6 +164,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.{JSON_SIGNIFICANT_DIGITS}g}")
     return value

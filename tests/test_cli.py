@@ -65,3 +65,15 @@ def test_check_exit_codes(tmp_path: Path) -> None:
         assert data["target_vectors"].shape == (60, 16)
     assert main(["check", str(bad), "--no-smoke"]) == 1
     assert main(["check", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_changed_datasets_for_ci_gating(tmp_path: Path) -> None:
+    from lvmqa.cli import changed_datasets
+
+    old = tmp_path / "old.toml"
+    new = tmp_path / "new.toml"
+    old.write_text('[datasets.a]\npath = "a.npz"\n[datasets.b]\npath = "b.npz"\n')
+    new.write_text('[datasets.a]\npath = "a.npz"\n\n[datasets.b]\npath = "b2.npz"\n'
+                   '[datasets.c]\npath = "c.npz"\n')
+    assert changed_datasets(new, old) == ["b", "c"]
+    assert changed_datasets(new, tmp_path / "missing.toml") == ["a", "b", "c"]
