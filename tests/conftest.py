@@ -38,6 +38,7 @@ def quality_pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     shutil.copytree(QUALITY_TESTS, pytester.path / "quality_tests")
     pytester.makeconftest('pytest_plugins = ["lvmqa.plugin"]')
     # importlib mode: the outer process may already hold the repo's quality_tests modules
-    pytester.makeini("[pytest]\naddopts = --import-mode=importlib\nmarkers =\n    p0: p0\n    p1: p1\n    p2: p2\n"
+    pytester.makeini("[pytest]\naddopts = --import-mode=importlib\n"
+                     "markers =\n    p0: p0\n    p1: p1\n    p2: p2\n"
                      "    smoke: smoke\n    slow: slow\n")
     return pytester

@@ -9,7 +9,6 @@ integrity passes stream the files.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ def _rewrite(src: Path, dst: Path, **changes: Any) -> Path:
 def _insert_duplicates(arrays: dict[str, Any], share: float, rng: np.random.Generator) -> None:
     """Repeat ``share`` of the windows right after themselves (all per-row arrays)."""
     n = len(arrays["target_vectors"])
-    chosen = np.sort(rng.choice(n, size=int(round(share * n)), replace=False))
+    chosen = np.sort(rng.choice(n, size=round(share * n), replace=False))
     order = np.sort(np.concatenate([np.arange(n), chosen]), kind="stable")
     for key, value in list(arrays.items()):
         if isinstance(value, np.ndarray) and value.ndim and len(value) == n:
@@ -55,7 +54,7 @@ def _insert_duplicates(arrays: dict[str, Any], share: float, rng: np.random.Gene
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("variants")
     rng = np.random.default_rng(2026)
     clean = build_sequences(DATA / "wiki-baseline.bank.npz", root / "clean.npz")
@@ -115,7 +114,7 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for name, (path, extra) in entries.items():
         toml += f'\n[datasets.{name}]\npath = "{path}"\nencoder = "minilm"\n{extra}\n'
     (root / "lvmqa.toml").write_text(toml, encoding="utf-8")
-    yield root
+    return root
 
 
 def _run(root: Path, name: str, **options: Any) -> tuple[set[str], dict[str, Any], Session]:
