@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from lvmqa import progress
+
+    progress.set_sink(progress.stderr_sink())
     try:
         return int(_dispatch(args))
     except LvmqaError as exc:

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from lvmqa.errors import CheckSkipped, LvmqaError
+from lvmqa.progress import Task
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
 
 if TYPE_CHECKING:
@@ -400,7 +401,13 @@ def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 def coherence_pass(ctx: CheckContext) -> CoherencePass:
     """The dataset's pass, computed once and shared by coherence, drift and integrity."""
-    return ctx.cached("coherence_pass", lambda: stream_coherence_pass(ctx.dataset))
+    def compute() -> CoherencePass:
+        task = Task(f"{ctx.name}: coherence pass", ctx.dataset.n)
+        result = stream_coherence_pass(ctx.dataset, progress=lambda done, _: task.update(done))
+        task.close()
+        return result
+
+    return ctx.cached("coherence_pass", compute)
 
 
 # ---------------------------------------------------------------------- statistics

@@ -88,10 +88,15 @@ class NormAccumulator:
 
 def norm_statistics(dataset: Any, chunk_rows: int | None = None) -> dict[str, Any]:
     """One streaming pass over targets and contexts of a Dataset."""
+    from lvmqa.progress import Task
+
     targets, contexts = NormAccumulator(), NormAccumulator()
+    task = Task(f"{dataset.path.name}: norms pass", dataset.n)
     for chunk in dataset.iter_chunks(chunk_rows):
+        task.update(chunk.stop)
         targets.add(chunk.targets, chunk.start)
         contexts.add(chunk.contexts, chunk.start)
+    task.close()
     metrics = {**targets.summary("target"), **contexts.summary("context")}
     metrics["n_vectors"] = targets.count + targets.nan_rows + targets.inf_rows
     metrics["flagged_rows"] = sorted(set(targets.worst_rows + contexts.worst_rows))[:20]

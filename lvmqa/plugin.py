@@ -144,10 +144,25 @@ def pytest_configure(config: pytest.Config) -> None:
     except LvmqaError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
+    _route_progress(config)
     if config.pluginmanager.hasplugin("html"):
         from lvmqa.report import HtmlReportHooks
 
         config.pluginmanager.register(HtmlReportHooks(session), "lvmqa-html")
+
+
+def _route_progress(config: pytest.Config) -> None:
+    """Progress goes to pytest's terminal writer on a real terminal, never in CI."""
+    from lvmqa import progress
+
+    writer = config.get_terminal_writer()
+    if config.option.verbose >= 0 and progress.interactive(writer._file):
+
+        def sink(text: str) -> None:
+            writer.write(text)
+            writer.flush()
+
+        progress.set_sink(sink)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
