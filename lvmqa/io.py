@@ -85,9 +85,19 @@ class Dataset:
             self.kind = "bank"
             self.context_length = context_length
             self._open_bank()
+        elif "context_indices" in self.data:
+            raise DatasetFormatError(
+                "index-based sequences without the vectors they index",
+                path=self.path,
+                key="context_indices",
+                expected=f"one of {', '.join(BANK_VECTOR_KEYS)} in the same file",
+                found=f"keys {sorted(self.data.keys())}",
+            )
         else:
             raise DatasetFormatError(
-                "no vector array found", path=self.path, key=None,
+                "no vector array found",
+                path=self.path,
+                key=None,
                 expected=f"one of {', '.join(TARGET_KEYS + BANK_VECTOR_KEYS)}",
                 found=f"keys {sorted(self.data.keys()) or 'none'}",
             )
@@ -113,25 +123,39 @@ class Dataset:
         member = self.data.members[key]
         if member.dtype.kind not in FLOAT_KINDS:
             raise DatasetFormatError(
-                f"{what} must be floating point", path=self.path, key=key,
-                expected="float16, float32 or float64", found=str(member.dtype))
+                f"{what} must be floating point",
+                path=self.path,
+                key=key,
+                expected="float16, float32 or float64",
+                found=str(member.dtype),
+            )
         if len(member.shape) != ndim:
             raise DatasetFormatError(
-                f"{what} have the wrong number of dimensions", path=self.path, key=key,
-                expected=f"{ndim}-D", found=f"shape {member.shape}")
+                f"{what} have the wrong number of dimensions",
+                path=self.path,
+                key=key,
+                expected=f"{ndim}-D",
+                found=f"shape {member.shape}",
+            )
         return member
 
     def _open_sequences(self) -> None:
         target_key = _first(self.data, TARGET_KEYS)
         context_key = _first(self.data, CONTEXT_KEYS)
         if target_key is None:
-            raise DatasetFormatError("missing target vectors", path=self.path,
-                                     expected=f"one of {', '.join(TARGET_KEYS)}",
-                                     found=f"keys {sorted(self.data.keys())}")
+            raise DatasetFormatError(
+                "missing target vectors",
+                path=self.path,
+                expected=f"one of {', '.join(TARGET_KEYS)}",
+                found=f"keys {sorted(self.data.keys())}",
+            )
         if context_key is None:
-            raise DatasetFormatError("missing context vectors", path=self.path,
-                                     expected=f"one of {', '.join(CONTEXT_KEYS)}",
-                                     found=f"keys {sorted(self.data.keys())}")
+            raise DatasetFormatError(
+                "missing context vectors",
+                path=self.path,
+                expected=f"one of {', '.join(CONTEXT_KEYS)}",
+                found=f"keys {sorted(self.data.keys())}",
+            )
         self.keys.update(targets=target_key, contexts=context_key)
         self._targets = self._float_member(target_key, 2, "target vectors")
         self._contexts = self._float_member(context_key, 3, "context vectors")
@@ -139,17 +163,27 @@ class Dataset:
         cn, c, cdim = self._contexts.shape
         if cn != n:
             raise DatasetFormatError(
-                "contexts and targets disagree in length", path=self.path, key=context_key,
-                expected=f"{n} rows like '{target_key}'", found=f"{cn}")
+                "contexts and targets disagree in length",
+                path=self.path,
+                key=context_key,
+                expected=f"{n} rows like '{target_key}'",
+                found=f"{cn}",
+            )
         if cdim != dim:
             raise DatasetFormatError(
-                "context dimension differs from target dimension", path=self.path,
-                key=context_key, expected=f"D={dim} like '{target_key}'", found=f"D={cdim}")
+                "context dimension differs from target dimension",
+                path=self.path,
+                key=context_key,
+                expected=f"D={dim} like '{target_key}'",
+                found=f"D={cdim}",
+            )
         self._check_nonempty(n, dim, c)
         self.n, self.dim, self.context_length = n, dim, c
         self.stored_dtype = self._targets.dtype
         self.target_texts = self._text_column("target_texts", (n,))
         self.context_texts = self._text_column("context_texts", (n, c))
+        if self.target_texts is not None and self.context_texts is not None:
+            self.context_texts = _share_strings(self.context_texts, self.target_texts)
 
     def _open_index_sequences(self) -> None:
         vec_key = _first(self.data, BANK_VECTOR_KEYS)
@@ -158,19 +192,31 @@ class Dataset:
         ctx_idx = self._int_member("context_indices", 2)
         tgt_key = "target_indices" if "target_indices" in self.data else None
         if tgt_key is None:
-            raise DatasetFormatError("missing target indices", path=self.path,
-                                     key="target_indices", expected="(N,) integer array")
+            raise DatasetFormatError(
+                "missing target indices",
+                path=self.path,
+                key="target_indices",
+                expected="(N,) integer array",
+            )
         tgt_idx = self._int_member(tgt_key, 1)
         if len(tgt_idx) != len(ctx_idx):
-            raise DatasetFormatError("context and target indices disagree in length",
-                                     path=self.path, key="context_indices",
-                                     expected=f"{len(tgt_idx)} rows", found=f"{len(ctx_idx)}")
+            raise DatasetFormatError(
+                "context and target indices disagree in length",
+                path=self.path,
+                key="context_indices",
+                expected=f"{len(tgt_idx)} rows",
+                found=f"{len(ctx_idx)}",
+            )
         rows = self._vectors.shape[0]
         for key, arr in (("context_indices", ctx_idx), ("target_indices", tgt_idx)):
             if arr.size and (arr.min() < 0 or arr.max() >= rows):
-                raise DatasetFormatError("index out of range", path=self.path, key=key,
-                                         expected=f"0..{rows - 1}",
-                                         found=f"{int(arr.min())}..{int(arr.max())}")
+                raise DatasetFormatError(
+                    "index out of range",
+                    path=self.path,
+                    key=key,
+                    expected=f"0..{rows - 1}",
+                    found=f"{int(arr.min())}..{int(arr.max())}",
+                )
         self.keys.update(vectors=vec_key, contexts="context_indices", targets=tgt_key)
         self._bank_rows = tgt_idx.astype(np.int64)
         self._bank_context_rows = ctx_idx.astype(np.int64)
@@ -180,6 +226,12 @@ class Dataset:
         self.stored_dtype = self._vectors.dtype
         self.target_texts = self._text_column("target_texts", (self.n,))
         self.context_texts = None
+        if self.target_texts is None and "concept_texts" in self.data:
+            # texts per vector row, like a bank: index them as the vectors are indexed
+            texts = self._text_column("concept_texts", (rows,))
+            assert texts is not None
+            self.target_texts = texts[self._bank_rows]
+            self.context_texts = texts[self._bank_context_rows]
 
     def _open_bank(self) -> None:
         vec_key = _first(self.data, BANK_VECTOR_KEYS)
@@ -188,34 +240,44 @@ class Dataset:
         self._vectors = self._float_member(vec_key, 2, "bank vectors")
         rows, self.dim = self._vectors.shape
         if rows == 0:
-            raise DatasetFormatError("bank has no rows", path=self.path, key=vec_key,
-                                     expected="N >= 1", found="N=0")
+            raise DatasetFormatError(
+                "bank has no rows", path=self.path, key=vec_key, expected="N >= 1", found="N=0"
+            )
         self.stored_dtype = self._vectors.dtype
         table = pd.DataFrame(index=pd.RangeIndex(rows))
-        for column, key, dtype in (("article", "article_indices", "Int64"),
-                                   ("chunk", "chunk_indices", "Int64"),
-                                   ("target_id", "cpe_ids", "string"),
-                                   ("title", "article_titles", "string")):
+        for column, key, dtype in (
+            ("article", "article_indices", "Int64"),
+            ("chunk", "chunk_indices", "Int64"),
+            ("target_id", "cpe_ids", "string"),
+            ("title", "article_titles", "string"),
+        ):
             table[column] = self._per_row(key, rows, dtype)
         texts = self._text_column("concept_texts", (rows,))
         self._bank_table = table
         self._bank_texts = texts
         c = self.context_length
-        has_ids = not table["article"].isna().any() and not table["chunk"].isna().any()
-        if has_ids:
-            order = np.lexsort((table["chunk"].to_numpy(np.int64),
-                                table["article"].to_numpy(np.int64)))
-            articles = table["article"].to_numpy(np.int64)[order]
-        else:  # no ids: the whole bank is one article in file order
-            order = np.arange(rows)
-            articles = np.zeros(rows, dtype=np.int64)
+        # Without chunk ids rows keep file order inside each article; without article
+        # ids the whole bank counts as one article.
+        article_key = (
+            np.zeros(rows, dtype=np.int64)
+            if table["article"].isna().any()
+            else table["article"].to_numpy(np.int64)
+        )
+        chunk_key = (
+            np.arange(rows) if table["chunk"].isna().any() else table["chunk"].to_numpy(np.int64)
+        )
+        order = np.lexsort((chunk_key, article_key))
+        articles = article_key[order]
         position = np.arange(rows) - np.searchsorted(articles, articles, side="left")
         window_pos = np.flatnonzero(position >= c)
         if window_pos.size == 0:
             raise DatasetFormatError(
                 "bank has no article with more chunks than the context length",
-                path=self.path, key="article_indices",
-                expected=f"at least one article with > {c} chunks", found="none")
+                path=self.path,
+                key="article_indices",
+                expected=f"at least one article with > {c} chunks",
+                found="none",
+            )
         self._bank_rows = order[window_pos]
         self._bank_context_rows = order[window_pos[:, None] + np.arange(-c, 0)[None, :]]
         self.n = int(window_pos.size)
@@ -226,47 +288,72 @@ class Dataset:
 
     def _check_nonempty(self, n: int, dim: int, c: int) -> None:
         if n == 0:
-            raise DatasetFormatError("dataset has no sequences", path=self.path,
-                                     key=self.keys.get("targets"), expected="N >= 1",
-                                     found="N=0")
+            raise DatasetFormatError(
+                "dataset has no sequences",
+                path=self.path,
+                key=self.keys.get("targets"),
+                expected="N >= 1",
+                found="N=0",
+            )
         if dim == 0 or c == 0:
-            raise DatasetFormatError("vectors have zero width", path=self.path,
-                                     key=self.keys.get("contexts"), expected="C >= 1 and D >= 1",
-                                     found=f"C={c}, D={dim}")
+            raise DatasetFormatError(
+                "vectors have zero width",
+                path=self.path,
+                key=self.keys.get("contexts"),
+                expected="C >= 1 and D >= 1",
+                found=f"C={c}, D={dim}",
+            )
 
     def _int_member(self, key: str, ndim: int) -> np.ndarray:
         member = self.data.members[key]
         arr = member.load()
         if arr.dtype.kind not in "iu" or arr.ndim != ndim:
-            raise DatasetFormatError("index array has the wrong type", path=self.path, key=key,
-                                     expected=f"{ndim}-D integers",
-                                     found=f"{arr.dtype} shape {arr.shape}")
+            raise DatasetFormatError(
+                "index array has the wrong type",
+                path=self.path,
+                key=key,
+                expected=f"{ndim}-D integers",
+                found=f"{arr.dtype} shape {arr.shape}",
+            )
         return np.asarray(arr)
 
     def _text_column(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
         if key not in self.data:
             return None
-        arr = np.asarray(self.data.members[key].load())
-        if arr.shape != shape:
-            raise DatasetFormatError("texts disagree in length with the vectors",
-                                     path=self.path, key=key, expected=f"shape {shape}",
-                                     found=f"shape {arr.shape}")
+        member = self.data.members[key]
+        if member.shape != shape:  # from the header: no unpickling needed to refuse it
+            raise DatasetFormatError(
+                "texts disagree in length with the vectors",
+                path=self.path,
+                key=key,
+                expected=f"shape {shape}",
+                found=f"shape {member.shape}",
+            )
         self.keys[key] = key
-        return arr.astype(object) if arr.dtype != object else arr
+        return _normalise_texts(np.asarray(member.load()), self.source, key)
 
     def _per_row(self, key: str, rows: int, dtype: str) -> pd.Series:
         if key not in self.data:
             return pd.Series(pd.array([pd.NA] * rows, dtype=dtype))
         arr = np.asarray(self.data.members[key].load())
         if arr.shape != (rows,):
-            raise DatasetFormatError("per-row array disagrees in length", path=self.path,
-                                     key=key, expected=f"shape ({rows},)",
-                                     found=f"shape {arr.shape}")
+            raise DatasetFormatError(
+                "per-row array disagrees in length",
+                path=self.path,
+                key=key,
+                expected=f"shape ({rows},)",
+                found=f"shape {arr.shape}",
+            )
         self.keys[key] = key
         if dtype == "Int64":
             if arr.dtype.kind not in "iu":
-                raise DatasetFormatError("ids must be integers", path=self.path, key=key,
-                                         expected="integer array", found=str(arr.dtype))
+                raise DatasetFormatError(
+                    "ids must be integers",
+                    path=self.path,
+                    key=key,
+                    expected="integer array",
+                    found=str(arr.dtype),
+                )
             return pd.Series(pd.array(arr.astype(np.int64), dtype="Int64"))
         return pd.Series(pd.array([_as_text(v) for v in arr], dtype="string"))
 
@@ -276,20 +363,25 @@ class Dataset:
         meta = pd.DataFrame(index=pd.RangeIndex(n))
         for column, dtype in META_COLUMNS.items():
             meta[column] = pd.Series(pd.array([pd.NA] * n, dtype=dtype))
-        if self.kind == "bank" or self._bank_rows is not None and self._bank_table is not None:
-            assert self._bank_table is not None and self._bank_rows is not None
+        if self.kind == "bank":
+            assert self._bank_table is not None
+            assert self._bank_rows is not None
             rows = self._bank_rows
             for column in ("article", "chunk", "target_id", "title"):
                 meta[column] = self._bank_table[column].to_numpy()[rows]
                 meta[column] = meta[column].astype(META_COLUMNS[column])
-            if self.has_bank_ids():
-                ctx_rows = self._bank_context_rows
-                assert ctx_rows is not None
-                art = self._bank_table["article"].to_numpy(np.int64)
-                chk = self._bank_table["chunk"].to_numpy(np.int64)
-                all_rows = np.concatenate([ctx_rows, rows[:, None]], axis=1)
+            ctx_rows = self._bank_context_rows
+            assert ctx_rows is not None
+            all_rows = np.concatenate([ctx_rows, rows[:, None]], axis=1)
+            table = self._bank_table
+            if not table["article"].isna().any():
+                art = table["article"].to_numpy(np.int64)
                 meta["context_articles_differ"] = (art[all_rows] != art[rows][:, None]).any(1)
+            if self.has_bank_ids():
+                chk = table["chunk"].to_numpy(np.int64)
                 meta["context_chunks_consecutive"] = (np.diff(chk[all_rows], axis=1) == 1).all(1)
+            for column in ("context_articles_differ", "context_chunks_consecutive"):
+                meta[column] = meta[column].astype("boolean")
             return meta
         per_seq = self._per_sequence_metadata()
         if per_seq is not None:
@@ -298,31 +390,61 @@ class Dataset:
         if "target_ids" in self.data:
             meta["target_id"] = self._per_row("target_ids", n, "string").to_numpy()
         if "article_ids" in self.data:
-            meta["article"] = self._per_row("article_ids", n, "Int64").to_numpy()
+            self._index_article_ids(meta)
         if "sequence_positions" in self.data:
             meta["position"] = self._per_row("sequence_positions", n, "Int64").to_numpy()
         for column, dtype in META_COLUMNS.items():
             meta[column] = meta[column].astype(dtype)
         return meta
 
+    def _index_article_ids(self, meta: pd.DataFrame) -> None:
+        """``article_ids`` per sequence, or (index layout) per row of ``vectors``."""
+        shape = self.data.members["article_ids"].shape
+        vectors = self._vectors
+        if vectors is None or shape == (self.n,) or shape != (vectors.shape[0],):
+            meta["article"] = self._per_row("article_ids", self.n, "Int64").to_numpy()
+            return
+        per_vector = self._per_row("article_ids", vectors.shape[0], "Int64").to_numpy(np.int64)
+        assert self._bank_rows is not None
+        assert self._bank_context_rows is not None
+        target_article = per_vector[self._bank_rows]
+        meta["article"] = target_article
+        context_article = per_vector[self._bank_context_rows]
+        meta["context_articles_differ"] = (context_article != target_article[:, None]).any(1)
+
     def has_bank_ids(self) -> bool:
         table = self._bank_table
-        return table is not None and not table["article"].isna().any() \
+        return (
+            table is not None
+            and not table["article"].isna().any()
             and not table["chunk"].isna().any()
+        )
 
     def _per_sequence_metadata(self) -> pd.DataFrame | None:
         if "metadata" not in self.data or self.data.members["metadata"].shape == ():
             return None
         raw = np.asarray(self.data.members["metadata"].load(), dtype=object)
+        if raw.shape == (1,) and self.n != 1 and isinstance(raw[0], Mapping):
+            # "ONE dict in an object array", stored as a 1-element array
+            self.file_metadata.update(raw[0])
+            return None
         if raw.shape != (self.n,):
-            raise DatasetFormatError("per-sequence metadata disagrees in length",
-                                     path=self.path, key="metadata",
-                                     expected=f"{self.n} dicts", found=f"shape {raw.shape}")
+            raise DatasetFormatError(
+                "per-sequence metadata disagrees in length",
+                path=self.path,
+                key="metadata",
+                expected=f"{self.n} dicts",
+                found=f"shape {raw.shape}",
+            )
         bad = next((i for i, v in enumerate(raw) if not isinstance(v, Mapping)), None)
         if bad is not None:
-            raise DatasetFormatError("per-sequence metadata must hold dicts", path=self.path,
-                                     key="metadata", expected="a dict per sequence",
-                                     found=f"{type(raw[bad]).__name__} at row {bad}")
+            raise DatasetFormatError(
+                "per-sequence metadata must hold dicts",
+                path=self.path,
+                key="metadata",
+                expected="a dict per sequence",
+                found=f"{type(raw[bad]).__name__} at row {bad}",
+            )
         self.keys["metadata"] = "metadata"
         records = pd.DataFrame.from_records(list(raw))
         out = pd.DataFrame(index=pd.RangeIndex(self.n))
@@ -339,6 +461,9 @@ class Dataset:
         cpe = column("target_cpe_id")
         if cpe is not None:
             out["target_id"] = pd.array([_as_text(v) for v in cpe], dtype="string")
+        title = column("article_title")  # lvmqa's own writers add it; origin files may not
+        if title is not None:
+            out["title"] = pd.array([_as_text(v) for v in title], dtype="string")
         differ = pd.Series(pd.array([pd.NA] * self.n, dtype="boolean"))
         last = column("last_context_article")
         if last is not None and article is not None:
@@ -346,10 +471,13 @@ class Dataset:
             differ = (last_i != out["article"]).astype("boolean")
         crosses = column("crosses_article")
         if crosses is not None:
-            crosses_b = pd.array([None if v is None else bool(v) for v in crosses],
-                                 dtype="boolean")
-            differ = differ.fillna(False) | crosses_b if last is not None else \
-                pd.Series(crosses_b)
+            # a dict without the field reads as NaN, which bool() would turn into True
+            stated = pd.Series(
+                pd.array([None if _missing(v) else bool(v) for v in crosses], dtype="boolean")
+            )
+            # crosses_article covers the whole window and decides where a dict states
+            # it; elsewhere the last context's article is the evidence there is.
+            differ = stated.where(stated.notna(), differ) | differ.fillna(False)
         out["context_articles_differ"] = differ
         return out
 
@@ -374,14 +502,16 @@ class Dataset:
         idx = np.asarray(idx, dtype=np.int64)
         if self._targets is not None:
             return _take_rows(self._targets, idx)
-        assert self._vectors is not None and self._bank_rows is not None
+        assert self._vectors is not None
+        assert self._bank_rows is not None
         return _take_rows(self._vectors, self._bank_rows[idx])
 
     def contexts_at(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
         if self._contexts is not None:
             return _take_rows(self._contexts, idx)
-        assert self._vectors is not None and self._bank_context_rows is not None
+        assert self._vectors is not None
+        assert self._bank_context_rows is not None
         rows = self._bank_context_rows[idx]
         flat = _take_rows(self._vectors, rows.reshape(-1))
         return flat.reshape(len(idx), self.context_length, self.dim)
@@ -403,18 +533,25 @@ class Dataset:
 
     def targets_matrix(self) -> np.ndarray:
         """(n, D) float32: the stored array itself when it is float32 on disk."""
-        if self._targets is not None and self._targets.dtype == np.float32 \
-                and not self._targets.header.fortran_order:
+        if (
+            self._targets is not None
+            and self._targets.dtype == np.float32
+            and not self._targets.header.fortran_order
+        ):
             return self._targets.mmap()
         out = np.empty((self.n, self.dim), dtype=np.float32)
         for start, block in self.iter_target_chunks():
-            out[start:start + len(block)] = block
+            out[start : start + len(block)] = block
         return out
 
     def sha256(self) -> str:
         if self._sha256 is None:
             digest = hashlib.sha256()
-            paths = sorted(self.path.glob("*")) if self.path.is_dir() else [self.path]
+            paths = (
+                sorted(p for p in self.path.glob("*") if p.is_file())
+                if self.path.is_dir()
+                else [self.path]
+            )
             for path in paths:
                 with open(path, "rb") as handle:
                     while block := handle.read(8 * 1024 * 1024):
@@ -423,10 +560,16 @@ class Dataset:
         return self._sha256
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "kind": self.kind, "n_sequences": self.n,
-                "dim": self.dim, "context_length": self.context_length,
-                "stored_dtype": str(self.stored_dtype), "keys": dict(self.keys),
-                "has_article_ids": self.has_article_ids}
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "n_sequences": self.n,
+            "dim": self.dim,
+            "context_length": self.context_length,
+            "stored_dtype": str(self.stored_dtype),
+            "keys": dict(self.keys),
+            "has_article_ids": self.has_article_ids,
+        }
 
 
 def _take_rows(member: Member, idx: np.ndarray) -> np.ndarray:
@@ -443,6 +586,67 @@ def _f32(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _normalise_texts(arr: np.ndarray, source: str, key: str) -> np.ndarray:
+    """Texts as an object array of ``str`` (``None`` where missing).
+
+    bytes must be UTF-8; numbers, dicts and other objects are a format error naming
+    the first bad row, so the text checks never see a value they cannot read.
+    """
+    if arr.dtype.kind == "U":
+        return arr.astype(object)
+    flat = arr.reshape(-1)
+    if arr.dtype == object and all(type(v) is str for v in flat):
+        return arr
+    out = np.empty(flat.shape, dtype=object)
+    for i, value in enumerate(flat):
+        if isinstance(value, str):
+            out[i] = str(value)
+        elif _missing(value):
+            out[i] = None
+        elif isinstance(value, bytes):
+            try:
+                out[i] = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetFormatError(
+                    "text is not valid UTF-8",
+                    path=source,
+                    key=key,
+                    expected="UTF-8 text",
+                    found=f"byte {value[exc.start : exc.start + 1]!r} at offset {exc.start} "
+                    f"of {_where(i, arr.shape)}",
+                ) from None
+        else:
+            raise DatasetFormatError(
+                "texts must be strings",
+                path=source,
+                key=key,
+                expected="str (or None for a missing text)",
+                found=f"{type(value).__name__} at {_where(i, arr.shape)}",
+            )
+    return out.reshape(arr.shape)
+
+
+def _share_strings(texts: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """``texts`` with each string that also occurs in ``pool`` replaced by pool's object.
+
+    Context texts repeat the target texts of earlier rows, but each pickled member
+    carries its own copies; sharing them halves the memory the texts take.
+    """
+    canonical = {text: text for text in pool.ravel() if text is not None}
+    shared = np.empty(texts.size, dtype=object)
+    shared[:] = [canonical.get(text, text) for text in texts.ravel()]
+    return shared.reshape(texts.shape)
+
+
+def _where(flat_index: int, shape: tuple[int, ...]) -> str:
+    position = np.unravel_index(flat_index, shape)
+    return "row " + ", position ".join(str(int(p)) for p in position)
+
+
 def _as_text(value: object) -> str | None:
     if value is None:
         return None
@@ -453,11 +657,16 @@ def _as_text(value: object) -> str | None:
 
 def _to_int(series: pd.Series, source: str, key: str) -> pd.Series:
     values = pd.to_numeric(series, errors="coerce")
-    bad = series.notna() & values.isna()
+    bad = series.notna() & (values.isna() | (values % 1 != 0))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DatasetFormatError("metadata field must be an integer", path=source, key=key,
-                                 expected="integer", found=f"{series.iloc[row]!r} at row {row}")
+        raise DatasetFormatError(
+            "metadata field must be an integer",
+            path=source,
+            key=key,
+            expected="integer",
+            found=f"{series.iloc[row]!r} at row {row}",
+        )
     return values.round().astype("Int64")
 
 

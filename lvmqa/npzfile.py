@@ -10,13 +10,16 @@ only through the restricted unpickler.
 
 from __future__ import annotations
 
-import atexit
 import ast
+import atexit
+import lzma
+import math
 import os
 import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,18 @@ _NPY_MAGIC = b"\x93NUMPY"
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _IN_MEMORY_LIMIT = 64 * 1024 * 1024
 _COPY_BLOCK = 16 * 1024 * 1024
+# numpy itself refuses headers over 10,000 bytes; a huge length is corruption, not data.
+_MAX_HEADER_BYTES = 1024 * 1024
+# What reading a damaged zip member can raise, from the zip layer or its decompressors.
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,8 @@ class NpyHeader:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        # Python ints: a corrupt shape must not wrap around to a small size.
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
@@ -50,7 +66,10 @@ def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
     magic = handle.read(8)
     if len(magic) < 8 or magic[:6] != _NPY_MAGIC:
         raise DatasetFormatError(
-            "member is not a .npy array", path=source, key=key, expected="NPY magic bytes",
+            "member is not a .npy array",
+            path=source,
+            key=key,
+            expected="NPY magic bytes",
             found=repr(magic[:6]),
         )
     major = magic[6]
@@ -63,8 +82,17 @@ def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
         length = struct.unpack("<I", raw)[0] if len(raw) == 4 else -1
         prefix = 12
     else:
-        raise DatasetFormatError("unsupported .npy version", path=source, key=key,
-                                 expected="1, 2 or 3", found=str(major))
+        raise DatasetFormatError(
+            "unsupported .npy version", path=source, key=key, expected="1, 2 or 3", found=str(major)
+        )
+    if length > _MAX_HEADER_BYTES:
+        raise DatasetFormatError(
+            "corrupt .npy header",
+            path=source,
+            key=key,
+            expected=f"a header under {_MAX_HEADER_BYTES} bytes",
+            found=f"{length} bytes",
+        )
     text = handle.read(length) if length >= 0 else b""
     if length < 0 or len(text) < length:
         raise DatasetFormatError("truncated .npy header", path=source, key=key)
@@ -73,18 +101,62 @@ def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
         dtype = np.lib.format.descr_to_dtype(header["descr"])
         shape = tuple(int(s) for s in header["shape"])
         fortran = bool(header["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise DatasetFormatError("unreadable .npy header", path=source, key=key,
-                                 found=type(exc).__name__) from None
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        raise DatasetFormatError(
+            "unreadable .npy header", path=source, key=key, found=type(exc).__name__
+        ) from None
+    if any(s < 0 for s in shape):
+        raise DatasetFormatError(
+            "unreadable .npy header",
+            path=source,
+            key=key,
+            expected="non-negative dimensions",
+            found=f"shape {shape}",
+        )
     return NpyHeader(shape, dtype, fortran, prefix + length)
+
+
+def _unpickle_array(stream: IO[bytes], header: NpyHeader, source: str, key: str) -> np.ndarray:
+    """An object array through the restricted unpickler, checked against its header."""
+    try:
+        value = safe_load(stream, source=source, key=key)
+    except DatasetFormatError:
+        raise
+    except Exception as exc:  # corrupt pickle streams raise many types, MemoryError included
+        raise DatasetFormatError(
+            "unreadable object array (corrupt or truncated pickle)",
+            path=source,
+            key=key,
+            found=type(exc).__name__,
+        ) from None
+    array = np.asarray(value, dtype=object)
+    if array.shape != header.shape:
+        try:
+            array = array.reshape(header.shape)
+        except ValueError:
+            raise DatasetFormatError(
+                "object array has the wrong shape",
+                path=source,
+                key=key,
+                expected=str(header.shape),
+                found=str(array.shape),
+            ) from None
+    return array
 
 
 class Member:
     """One array of a data file, readable by row ranges without loading it whole."""
 
-    def __init__(self, name: str, source: str, header: NpyHeader,
-                 file_path: Path | None, data_offset: int,
-                 in_memory: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        header: NpyHeader,
+        file_path: Path | None,
+        data_offset: int,
+        in_memory: np.ndarray | None = None,
+        zip_entry: zipfile.ZipInfo | None = None,
+    ) -> None:
         self.name = name
         self.source = source
         self.header = header
@@ -92,6 +164,9 @@ class Member:
         self._data_offset = data_offset
         self._array = in_memory
         self._mmap: np.ndarray | None = None
+        # A compressed object array: unpickled from the archive on each load(), so
+        # opening a file runs no unpickler and holds no large pickles in memory.
+        self._zip_entry = zip_entry
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,12 +181,14 @@ class Member:
         return self.shape[0] if self.shape else 1
 
     def _check_size(self) -> None:
-        if self._file_path is None:
+        if self._file_path is None or self._zip_entry is not None:
             return
         available = self._file_path.stat().st_size - self._data_offset
         if available < self.header.nbytes:
             raise DatasetFormatError(
-                "array data is truncated", path=self.source, key=self.name,
+                "array data is truncated",
+                path=self.source,
+                key=self.name,
                 expected=f"{self.header.nbytes} bytes for shape {self.shape}",
                 found=f"{max(available, 0)} bytes",
             )
@@ -122,16 +199,22 @@ class Member:
             return self._array
         if self._mmap is None:
             if self.dtype.hasobject:
-                raise DatasetFormatError("object arrays cannot be memory-mapped",
-                                         path=self.source, key=self.name)
+                raise DatasetFormatError(
+                    "object arrays cannot be memory-mapped", path=self.source, key=self.name
+                )
             self._check_size()
             assert self._file_path is not None
             if self.header.nbytes == 0:
                 self._mmap = np.empty(self.shape, dtype=self.dtype)
             else:
-                self._mmap = np.memmap(self._file_path, dtype=self.dtype, mode="r",
-                                       offset=self._data_offset, shape=self.shape,
-                                       order="F" if self.header.fortran_order else "C")
+                self._mmap = np.memmap(
+                    self._file_path,
+                    dtype=self.dtype,
+                    mode="r",
+                    offset=self._data_offset,
+                    shape=self.shape,
+                    order="F" if self.header.fortran_order else "C",
+                )
         return self._mmap
 
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -147,41 +230,47 @@ class Member:
         assert self._file_path is not None
         if row_bytes and stop > start:
             with open(self._file_path, "rb", buffering=0) as handle:
-                view = memoryview(out.reshape(-1).view(np.uint8))
+                view = memoryview(out.reshape(-1).view(np.uint8).data)
                 handle.seek(self._data_offset + start * row_bytes)
-                got = handle.readinto(view)
-                if got != len(view):
-                    raise DatasetFormatError("array data is truncated", path=self.source,
-                                             key=self.name)
+                filled = 0
+                while filled < len(view):  # one read() returns at most ~2 GB on Linux
+                    got = handle.readinto(view[filled:])
+                    if not got:
+                        raise DatasetFormatError(
+                            "array data is truncated", path=self.source, key=self.name
+                        )
+                    filled += got
         return out
 
     def load(self) -> np.ndarray:
-        """The whole array; object arrays go through the restricted unpickler."""
+        """The whole array; object arrays go through the restricted unpickler.
+
+        Object arrays are not kept: the caller holds what it needs (texts), and what it
+        only reads once (per-sequence metadata dicts) is freed after use.
+        """
         if self._array is not None:
             return self._array
-        if self.dtype.hasobject:
-            assert self._file_path is not None
-            with open(self._file_path, "rb") as handle:
-                handle.seek(self._data_offset)
-                try:
-                    value = safe_load(handle, source=self.source, key=self.name)
-                except DatasetFormatError:
-                    raise
-                except Exception as exc:  # corrupt pickle streams raise many types
-                    raise DatasetFormatError("unreadable object array", path=self.source,
-                                             key=self.name, found=type(exc).__name__) from None
-            array = np.asarray(value, dtype=object)
-            if array.shape != self.shape:
-                try:
-                    array = array.reshape(self.shape)
-                except ValueError:
-                    raise DatasetFormatError("object array has the wrong shape",
-                                             path=self.source, key=self.name,
-                                             expected=str(self.shape),
-                                             found=str(array.shape)) from None
-            self._array = array
-            return array
-        return self.mmap()
+        if not self.dtype.hasobject:
+            return self.mmap()
+        assert self._file_path is not None
+        if self._zip_entry is not None:
+            try:
+                with (
+                    zipfile.ZipFile(self._file_path) as archive,
+                    archive.open(self._zip_entry) as stream,
+                ):
+                    stream.read(self._data_offset)  # skip the .npy header
+                    return _unpickle_array(stream, self.header, self.source, self.name)
+            except _ZIP_READ_ERRORS as exc:
+                raise DatasetFormatError(
+                    "compressed member is corrupt or truncated",
+                    path=self.source,
+                    key=self.name,
+                    found=type(exc).__name__,
+                ) from None
+        with open(self._file_path, "rb") as handle:
+            handle.seek(self._data_offset)
+            return _unpickle_array(handle, self.header, self.source, self.name)
 
 
 class DataFile:
@@ -191,16 +280,26 @@ class DataFile:
         self.path = Path(path)
         self.source = str(self.path)
         self.members: dict[str, Member] = {}
+        self.json_members: dict[str, bytes] = {}
         if not self.path.exists():
             raise DatasetFormatError("file not found", path=self.path)
         if self.path.is_dir():
             for npy in sorted(self.path.glob("*.npy")):
                 self.members[npy.stem] = self._open_npy(npy, npy.stem)
+            # The folder layout's metadata table / manifest, like JSON members of an npz.
+            self.json_members = {
+                js.stem: js.read_bytes() for js in sorted(self.path.glob("*.json")) if js.is_file()
+            }
+            if not self.members:
+                raise DatasetFormatError(
+                    "folder holds no .npy arrays",
+                    path=self.path,
+                    expected="NAME.npy files (e.g. target_vectors.npy)",
+                )
         elif self.path.suffix == ".npy":
             self.members[self.path.stem] = self._open_npy(self.path, self.path.stem)
         else:
             self._open_npz()
-        self.json_members: dict[str, bytes] = getattr(self, "json_members", {})
 
     def __contains__(self, key: str) -> bool:
         return key in self.members
@@ -215,34 +314,68 @@ class DataFile:
 
     def _open_npz(self) -> None:
         if self.path.stat().st_size == 0:
-            raise DatasetFormatError("empty file (0 bytes)", path=self.path,
-                                     expected="an .npz archive")
+            raise DatasetFormatError(
+                "empty file (0 bytes)", path=self.path, expected="an .npz archive"
+            )
         try:
             archive = zipfile.ZipFile(self.path)
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
             raise DatasetFormatError(
                 "not an npz archive, or truncated (no zip central directory)",
-                path=self.path, expected="a zip file written by numpy.savez") from None
+                path=self.path,
+                expected="a zip file written by numpy.savez",
+            ) from None
         except OSError as exc:
-            raise DatasetFormatError("cannot read file", path=self.path,
-                                     found=exc.strerror or str(exc)) from None
-        self.json_members = {}
+            raise DatasetFormatError(
+                "cannot read file", path=self.path, found=exc.strerror or str(exc)
+            ) from None
         with archive, open(self.path, "rb") as raw:
             for info in archive.infolist():
                 if info.is_dir():
                     continue
                 if info.filename.endswith(".json"):
-                    self.json_members[info.filename[:-5]] = archive.read(info)
+                    self.json_members[info.filename[:-5]] = self._read_json_member(archive, info)
                     continue
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 if not info.filename.endswith(".npy"):
-                    raise DatasetFormatError("member is not a .npy array", path=self.path,
-                                             key=info.filename, expected="NAME.npy members")
+                    raise DatasetFormatError(
+                        "member is not a .npy array",
+                        path=self.path,
+                        key=info.filename,
+                        expected="NAME.npy members",
+                    )
+                if key in self.members:
+                    raise DatasetFormatError(
+                        "the archive holds this member twice",
+                        path=self.path,
+                        key=info.filename,
+                        expected="unique member names",
+                    )
                 self.members[key] = self._open_member(archive, raw, info, key)
 
-    def _open_member(self, archive: zipfile.ZipFile, raw: IO[bytes], info: zipfile.ZipInfo,
-                     key: str) -> Member:
+    def _read_json_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        try:
+            return archive.read(info)
+        except _ZIP_READ_ERRORS as exc:
+            raise DatasetFormatError(
+                "member is corrupt or truncated",
+                path=self.path,
+                key=info.filename,
+                found=type(exc).__name__,
+            ) from None
+
+    def _open_member(
+        self, archive: zipfile.ZipFile, raw: IO[bytes], info: zipfile.ZipInfo, key: str
+    ) -> Member:
         if info.compress_type == zipfile.ZIP_STORED:
+            if not 0 <= info.header_offset < self.path.stat().st_size:
+                raise DatasetFormatError(
+                    "corrupt zip directory",
+                    path=self.path,
+                    key=key,
+                    expected="a member offset inside the file",
+                    found=str(info.header_offset),
+                )
             raw.seek(info.header_offset)
             local = raw.read(_LOCAL_HEADER.size)
             if len(local) < _LOCAL_HEADER.size:
@@ -256,32 +389,41 @@ class DataFile:
             header = read_npy_header(raw, source=self.source, key=key)
             return Member(key, self.source, header, self.path, member_start + header.header_size)
         try:
-            stream = archive.open(info)
-            header = read_npy_header(stream, source=self.source, key=key)
-            if header.dtype.hasobject or header.nbytes <= _IN_MEMORY_LIMIT:
+            with archive.open(info) as stream:
+                header = read_npy_header(stream, source=self.source, key=key)
                 if header.dtype.hasobject:
-                    value = safe_load(stream, source=self.source, key=key)
-                    array = np.asarray(value, dtype=object)
-                    if array.shape != header.shape:
-                        array = array.reshape(header.shape)
-                else:
+                    return Member(
+                        key, self.source, header, self.path, header.header_size, zip_entry=info
+                    )
+                if header.nbytes <= _IN_MEMORY_LIMIT:
                     data = stream.read(header.nbytes)
                     if len(data) < header.nbytes:
-                        raise DatasetFormatError("array data is truncated", path=self.path,
-                                                 key=key)
+                        raise DatasetFormatError(
+                            "array data is truncated",
+                            path=self.path,
+                            key=key,
+                            expected=f"{header.nbytes} bytes for shape {header.shape}",
+                            found=f"{len(data)} bytes",
+                        )
                     array = np.frombuffer(data, dtype=header.dtype).reshape(
-                        header.shape, order="F" if header.fortran_order else "C")
-                return Member(key, self.source, header, None, 0, in_memory=array)
-            spill = _spill_to_disk(stream, header)
+                        header.shape, order="F" if header.fortran_order else "C"
+                    )
+                    return Member(key, self.source, header, None, 0, in_memory=array)
+                spill = _spill_to_disk(stream, header)
             return Member(key, self.source, header, spill, 0)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise DatasetFormatError("compressed member is corrupt or truncated", path=self.path,
-                                     key=key, found=type(exc).__name__) from None
+        except _ZIP_READ_ERRORS as exc:
+            raise DatasetFormatError(
+                "compressed member is corrupt or truncated",
+                path=self.path,
+                key=key,
+                found=type(exc).__name__,
+            ) from None
         except DatasetFormatError:
             raise
         except (ValueError, TypeError) as exc:
-            raise DatasetFormatError("unreadable array", path=self.path, key=key,
-                                     found=str(exc).splitlines()[0][:120]) from None
+            raise DatasetFormatError(
+                "unreadable array", path=self.path, key=key, found=str(exc).splitlines()[0][:120]
+            ) from None
 
 
 _SPILL_DIR: Path | None = None
@@ -295,13 +437,17 @@ def _spill_to_disk(stream: IO[bytes], header: NpyHeader) -> Path:
         atexit.register(shutil.rmtree, _SPILL_DIR, True)
     fd, name = tempfile.mkstemp(dir=_SPILL_DIR, suffix=".raw")
     remaining = header.nbytes
-    with os.fdopen(fd, "wb") as out:
-        while remaining:
-            block = stream.read(min(_COPY_BLOCK, remaining))
-            if not block:
-                raise EOFError("member ended early")
-            out.write(block)
-            remaining -= len(block)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while remaining:
+                block = stream.read(min(_COPY_BLOCK, remaining))
+                if not block:
+                    raise EOFError("member ended early")
+                out.write(block)
+                remaining -= len(block)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)  # a corrupt member leaves no multi-GB spill
+        raise
     return Path(name)
 
 
@@ -319,18 +465,23 @@ class NpzWriter:
     """
 
     def __init__(self, handle: IO[bytes]) -> None:
-        self._zip = zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED,
-                                    allowZip64=True)
+        self._zip = zipfile.ZipFile(
+            handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True
+        )
 
     def write_array(self, name: str, array: np.ndarray) -> None:
         with self._zip.open(self._info(name), "w", force_zip64=True) as out:
             np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=True)
 
-    def write_rows(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-                   chunks: Iterator[np.ndarray]) -> None:
+    def write_rows(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any], chunks: Iterator[np.ndarray]
+    ) -> None:
         """Stream a C-order numeric array given as consecutive row chunks."""
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                  "fortran_order": False, "shape": tuple(shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(shape),
+        }
         written = 0
         with self._zip.open(self._info(name), "w", force_zip64=True) as out:
             np.lib.format.write_array_header_2_0(out, header)

@@ -144,18 +144,21 @@ def pytest_configure(config: pytest.Config) -> None:
     except LvmqaError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
-    _route_progress(config)
     if config.pluginmanager.hasplugin("html"):
         from lvmqa.report import HtmlReportHooks
 
         config.pluginmanager.register(HtmlReportHooks(session), "lvmqa-html")
 
 
-def _route_progress(config: pytest.Config) -> None:
+def pytest_sessionstart(session: pytest.Session) -> None:
     """Progress goes to pytest's terminal writer on a real terminal, never in CI."""
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if SESSION_KEY not in config.stash or reporter is None:
+        return
     from lvmqa import progress
 
-    writer = config.get_terminal_writer()
+    writer = reporter._tw
     if config.option.verbose >= 0 and progress.interactive(writer._file):
 
         def sink(text: str) -> None:

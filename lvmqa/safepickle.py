@@ -141,12 +141,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _Rebuilder:
     """Turns the unpickled graph's tokens into real numpy objects, checking each one."""
 
-    _ATOMIC = (str, int, float, bool, bytes, complex, type(None))
+    _ATOMIC = (str, int, float, bytes, complex, type(None))
+    _LEAF = (*_ATOMIC, bytearray, np.ndarray, np.generic, np.dtype)  # nothing left to rebuild
 
     def __init__(self, source: str, key: str | None) -> None:
         self._source = source
         self._key = key
-        self._done: dict[int, Any] = {}
+        self._tokens: dict[int, tuple[Any, _Token]] = {}  # dtypes and arrays, often shared
+        self._active: set[int] = set()  # containers on the current path, to stop cycles
 
     def refuse(self, what: str, found: Any) -> DatasetFormatError:
         return UnsafePickleError(
@@ -157,30 +159,44 @@ class _Rebuilder:
         )
 
     def value(self, obj: Any) -> Any:
-        if isinstance(obj, self._ATOMIC):
+        if isinstance(obj, self._LEAF):
             return obj
-        done = self._done.get(id(obj))
-        if done is not None:
-            return done[0]
         if isinstance(obj, _Token):
-            result = {
+            return self.token(obj)
+        key = id(obj)
+        if key in self._active:  # a cycle: containers rebuilt in place are already right
+            if isinstance(obj, (list, dict, set)):
+                return obj
+            raise self.refuse("a cyclic tuple", type(obj).__name__)
+        self._active.add(key)
+        try:
+            return self.container(obj)
+        finally:
+            self._active.discard(key)
+
+    def token(self, token: _Token) -> Any:
+        if token.kind == "scalar":  # one per value, never shared: no memo (saves memory)
+            return self.scalar(token)
+        done = self._tokens.get(id(token))
+        if done is None:
+            build = {
                 "dtype": self.dtype,
                 "reconstruct": self.reconstruct,
-                "scalar": self.scalar,
                 "frombuffer": self.frombuffer,
-            }[obj.kind](obj)
-            self._done[id(obj)] = (result, obj)  # keep obj alive so its id stays unique
-            return result
-        if isinstance(obj, list):
-            self._done[id(obj)] = (obj, obj)  # in place: shared and cyclic lists stay so
+            }[token.kind]
+            done = self._tokens[id(token)] = (build(token), token)  # token kept: id stays unique
+        return done[0]
+
+    def container(self, obj: Any) -> Any:
+        atomic = self._ATOMIC
+        if isinstance(obj, list):  # in place, so shared and cyclic lists stay so
             for i, item in enumerate(obj):
-                if not isinstance(item, self._ATOMIC):
+                if not isinstance(item, atomic):
                     obj[i] = self.value(item)
             return obj
-        if isinstance(obj, dict):  # dict and OrderedDict
-            self._done[id(obj)] = (obj, obj)
-            if not all(isinstance(v, self._ATOMIC) for v in obj.values()) or not all(
-                isinstance(k, self._ATOMIC) for k in obj
+        if isinstance(obj, dict):  # dict and OrderedDict, in place
+            if not all(isinstance(v, atomic) for v in obj.values()) or not all(
+                isinstance(k, atomic) for k in obj
             ):
                 items = list(obj.items())
                 obj.clear()
@@ -188,19 +204,16 @@ class _Rebuilder:
                     obj[self.value(k)] = self.value(v)
             return obj
         if isinstance(obj, set):
-            self._done[id(obj)] = (obj, obj)
             items = [self.value(item) for item in obj]
             obj.clear()
             obj.update(items)
             return obj
         if isinstance(obj, (tuple, frozenset)):
-            rebuilt = type(obj)(self.value(item) for item in obj)
-            self._done[id(obj)] = (rebuilt, obj)
-            return rebuilt
+            if all(isinstance(item, atomic) for item in obj):
+                return obj
+            return type(obj)(self.value(item) for item in obj)
         if isinstance(obj, slice):
             return slice(self.value(obj.start), self.value(obj.stop), self.value(obj.step))
-        if isinstance(obj, (bytearray, np.ndarray, np.generic, np.dtype)):
-            return obj
         if obj is _NDARRAY:
             raise self.refuse("a bare numpy.ndarray class", "numpy.ndarray")
         raise self.refuse("a value of unexpected type", type(obj).__name__)

@@ -35,32 +35,44 @@ class WindowPlan:
     context_rows: np.ndarray  # (n, C) bank rows of each context
 
 
-def plan_windows(bank: Dataset, *, context: int = 5, windows: str = "article",
-                 keep: np.ndarray | None = None) -> WindowPlan:
+def plan_windows(
+    bank: Dataset, *, context: int = 5, windows: str = "article", keep: np.ndarray | None = None
+) -> WindowPlan:
     """Choose bank rows for each window. ``keep`` drops bank rows (a chunk-level filter).
 
-    Inside articles, a dropped row breaks the run, so no window bridges a gap.
+    Inside articles, a dropped row or a chunk missing from the bank breaks the run, so
+    no window bridges a gap.
     """
     table = bank.bank_table()
     rows = len(table)
     keep = np.ones(rows, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     if windows == "file_order":
         kept = np.flatnonzero(keep)
+        if len(kept) <= context:  # not one full window
+            return WindowPlan(np.empty(0, np.int64), np.empty((0, context), np.int64))
         targets = kept[context:]
-        ctx = np.stack([kept[j:len(kept) - context + j] for j in range(context)], axis=1)
+        ctx = np.stack([kept[j : len(kept) - context + j] for j in range(context)], axis=1)
         return WindowPlan(targets, ctx)
     if windows != "article":
         raise LvmqaError(f"unknown windows recipe '{windows}'", expected="article or file_order")
     if not bank.has_bank_ids():
-        raise DatasetFormatError("article windows need article and chunk ids", path=bank.path,
-                                 key="article_indices", expected="article_indices and "
-                                 "chunk_indices", found="missing")
+        raise DatasetFormatError(
+            "article windows need article and chunk ids",
+            path=bank.path,
+            key="article_indices",
+            expected="article_indices and chunk_indices",
+            found="missing",
+        )
     article = table["article"].to_numpy(np.int64)
     chunk = table["chunk"].to_numpy(np.int64)
     order = np.lexsort((chunk, article))
-    # A run ends where the article changes or a row was dropped.
+    # A run ends where the article changes, a chunk is missing from the bank, or a row
+    # was dropped: every window is C + 1 consecutive chunks of one article.
+    sorted_article, sorted_chunk = article[order], chunk[order]
     breaks = np.ones(rows, dtype=bool)
-    breaks[1:] = article[order][1:] != article[order][:-1]
+    breaks[1:] = (sorted_article[1:] != sorted_article[:-1]) | (
+        sorted_chunk[1:] != sorted_chunk[:-1] + 1
+    )
     dropped_before = np.cumsum(~keep[order])
     segment = np.cumsum(breaks) * (rows + 1) + dropped_before
     kept_sorted = order[keep[order]]
@@ -88,15 +100,25 @@ def text_filter(bank: Dataset, *, blocklist: str | None = None, min_chars: int =
     return keep
 
 
-def write_windows(bank: Dataset, out: Path, plan: WindowPlan, *, layout: str = "per-sequence",
-                  force: bool = False, chunk_rows: int = 4096) -> Path:
+def write_windows(
+    bank: Dataset,
+    out: Path,
+    plan: WindowPlan,
+    *,
+    layout: str = "per-sequence",
+    force: bool = False,
+    chunk_rows: int = 4096,
+) -> Path:
     """Write the planned windows as an origin-layout sequences npz (streamed, atomic)."""
     if layout not in LAYOUTS:
         raise LvmqaError(f"unknown layout '{layout}'", expected=" or ".join(LAYOUTS))
     n, c = plan.context_rows.shape
     if n == 0:
-        raise LvmqaError("no windows to write: every article is shorter than the context "
-                         "length + 1 after filtering", path=bank.path)
+        raise LvmqaError(
+            "no windows to write: every article is shorter than the context "
+            "length + 1 after filtering",
+            path=bank.path,
+        )
     dim = bank.dim
     vectors = bank._vectors  # the bank's own rows, not its derived windows
     assert vectors is not None
@@ -105,6 +127,7 @@ def write_windows(bank: Dataset, out: Path, plan: WindowPlan, *, layout: str = "
     article = table["article"].to_numpy(dtype="float64", na_value=np.nan)
     chunk = table["chunk"].to_numpy(dtype="float64", na_value=np.nan)
     ids = table["target_id"].to_numpy(dtype=object, na_value=None)
+    titles = table["title"].to_numpy(dtype=object, na_value=None)
 
     def rows_of(idx: np.ndarray) -> np.ndarray:
         order = np.argsort(idx, kind="stable")
@@ -114,12 +137,12 @@ def write_windows(bank: Dataset, out: Path, plan: WindowPlan, *, layout: str = "
 
     def context_chunks() -> Iterator[np.ndarray]:
         for start in range(0, n, chunk_rows):
-            block = plan.context_rows[start:start + chunk_rows]
+            block = plan.context_rows[start : start + chunk_rows]
             yield rows_of(block.reshape(-1)).reshape(len(block), c, dim)
 
     def target_chunks() -> Iterator[np.ndarray]:
         for start in range(0, n, chunk_rows):
-            yield rows_of(plan.target_rows[start:start + chunk_rows])
+            yield rows_of(plan.target_rows[start : start + chunk_rows])
 
     with atomic_write(out, force=force) as handle, NpzWriter(handle) as npz:
         npz.write_rows("context_sequences", (n, c, dim), np.dtype(np.float32), context_chunks())
@@ -140,6 +163,7 @@ def write_windows(bank: Dataset, out: Path, plan: WindowPlan, *, layout: str = "
                     "last_context_article": _int_or_none(last_art[i]),
                     "target_chunk_index": _int_or_none(chunk[plan.target_rows[i]]),
                     "target_cpe_id": ids[plan.target_rows[i]],
+                    "article_title": titles[plan.target_rows[i]],
                     "crosses_article": bool((ctx_art[i] != tgt_art[i]).any()),
                 }
             npz.write_array("metadata", meta)
@@ -150,9 +174,18 @@ def write_windows(bank: Dataset, out: Path, plan: WindowPlan, *, layout: str = "
         else:  # the origin 790k layout: positions, tmds, ONE metadata dict
             npz.write_array("sequence_positions", plan.target_rows.astype(np.int32))
             npz.write_array("target_tmds", np.zeros(n, dtype=np.int32))
-            npz.write_array("metadata", np.array({"context_length": c, "num_sequences": n,
-                                                  "vector_dim": dim,
-                                                  "source": bank.path.name}, dtype=object))
+            npz.write_array(
+                "metadata",
+                np.array(
+                    {
+                        "context_length": c,
+                        "num_sequences": n,
+                        "vector_dim": dim,
+                        "source": bank.path.name,
+                    },
+                    dtype=object,
+                ),
+            )
     return out
 
 
@@ -160,16 +193,30 @@ def _int_or_none(value: float) -> int | None:
     return None if np.isnan(value) else int(value)
 
 
-def build_sequences(bank_path: Path, out: Path, *, context: int = 5, windows: str = "article",
-                    layout: str = "per-sequence", blocklist: str | None = None,
-                    min_chars: int = 0, force: bool = False) -> Path:
+def build_sequences(
+    bank_path: Path,
+    out: Path,
+    *,
+    context: int = 5,
+    windows: str = "article",
+    layout: str = "per-sequence",
+    blocklist: str | None = None,
+    min_chars: int = 0,
+    force: bool = False,
+) -> Path:
     bank = Dataset(bank_path, context_length=context)
     if bank.kind != "bank":
-        raise DatasetFormatError("not a vector bank", path=bank_path,
-                                 expected="a bank with 'vectors' and article/chunk ids",
-                                 found=f"a {bank.kind} file")
-    keep = text_filter(bank, blocklist=blocklist, min_chars=min_chars) \
-        if blocklist or min_chars else None
+        raise DatasetFormatError(
+            "not a vector bank",
+            path=bank_path,
+            expected="a bank with 'vectors' and article/chunk ids",
+            found=f"a {bank.kind} file",
+        )
+    keep = (
+        text_filter(bank, blocklist=blocklist, min_chars=min_chars)
+        if blocklist or min_chars
+        else None
+    )
     plan = plan_windows(bank, context=context, windows=windows, keep=keep)
     return write_windows(bank, out, plan, layout=layout, force=force)
 
@@ -185,16 +232,26 @@ def cache_dir() -> Path:
 def materialize(name: str, recipe: BuildRecipe) -> Path:
     """The cached sequences file for a registry ``build`` recipe, built once."""
     if not recipe.source.exists():
-        raise LvmqaError("build source not found", path=recipe.source,
-                         expected="a bank file (run fixtures/build_wiki.py to rebuild the demo)")
+        raise LvmqaError(
+            "build source not found",
+            path=recipe.source,
+            expected="a bank file (run fixtures/build_wiki.py to rebuild the demo)",
+        )
     digest = hashlib.sha256()
     with open(recipe.source, "rb") as handle:
         while block := handle.read(8 * 1024 * 1024):
             digest.update(block)
-    digest.update(json.dumps([RECIPE_VERSION, recipe.windows, recipe.context,
-                              recipe.layout]).encode())
+    digest.update(
+        json.dumps([RECIPE_VERSION, recipe.windows, recipe.context, recipe.layout]).encode()
+    )
     out = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.npz"
     if not out.exists():
-        build_sequences(recipe.source, out, context=recipe.context, windows=recipe.windows,
-                        layout=recipe.layout, force=True)
+        build_sequences(
+            recipe.source,
+            out,
+            context=recipe.context,
+            windows=recipe.windows,
+            layout=recipe.layout,
+            force=True,
+        )
     return out
