@@ -158,14 +158,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     from lvmqa import progress
 
-    writer = reporter._tw
-    if config.option.verbose >= 0 and progress.interactive(writer._file):
+    if config.option.verbose < 0 or not progress.interactive(reporter._tw._file):
+        return
+    # pytest captures fd 1 and 2 while tests run, so progress goes to the terminal itself.
+    try:
+        tty = open("/dev/tty", "w", encoding="utf-8")  # noqa: SIM115 - lives for the session
+    except OSError:
+        return
+    config.add_cleanup(tty.close)
+    config.add_cleanup(lambda: progress.set_sink(None))
 
-        def sink(text: str) -> None:
-            writer.write(text)
-            writer.flush()
+    def sink(text: str) -> None:
+        tty.write(text)
+        tty.flush()
 
-        progress.set_sink(sink)
+    progress.set_sink(sink)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
