@@ -1,9 +1,10 @@
 """Crash-safe output: write to a temporary file beside the target, fsync, rename.
 
 A killed run leaves either the old file or the new one, never a half-written file.
-An exception removes the temporary at once; a run killed outright (SIGKILL, power
-loss) leaves a hidden ``.NAME.HOST.PID.*.tmp`` beside the target, which the next
-write of the same target removes once that process is gone.
+On Linux the data is written to an unnamed O_TMPFILE inode that gets a name only when
+complete, so even SIGKILL leaves nothing. Elsewhere an exception removes the named
+temporary at once, and one left by a run killed outright (``.NAME.HOST.PID.*.tmp``)
+is removed by the next write of the same target once that process is gone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,25 @@ def atomic_write(path: str | Path, *, mode: str = "wb", force: bool = True) -> I
         raise LvmqaError("output exists (pass --force to replace it)", path=target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
+    encoding = None if "b" in mode else "utf-8"
+    fd = _open_anonymous(target.parent)
+    if fd is not None:
+        # Linux O_TMPFILE: the data has no name until it is complete, so even SIGKILL
+        # or a power cut leaves nothing behind.
+        os.fchmod(fd, _output_mode(target))
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+            named = target.parent / f"{_temp_prefix(target, os.getpid())}{os.urandom(4).hex()}.tmp"
+            _link_anonymous(handle.fileno(), named)
+        try:
+            os.replace(named, target)
+        except BaseException:
+            named.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+        return
     fd, tmp_name = tempfile.mkstemp(
         prefix=_temp_prefix(target, os.getpid()), suffix=".tmp", dir=target.parent
     )
@@ -39,7 +59,6 @@ def atomic_write(path: str | Path, *, mode: str = "wb", force: bool = True) -> I
         # mkstemp creates 0600; the output gets the mode a plain open() would give it
         # (or keeps the mode of the file it replaces).
         os.fchmod(fd, _output_mode(target))
-        encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
@@ -49,6 +68,27 @@ def atomic_write(path: str | Path, *, mode: str = "wb", force: bool = True) -> I
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _link_anonymous(fd: int, name: Path) -> None:
+    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N; os.link only passes that flag when a
+    # dir_fd is given (plain link() would try to link the /proc symlink itself).
+    proc = os.open("/proc/self/fd", os.O_RDONLY)
+    try:
+        os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def _open_anonymous(folder: Path) -> int | None:
+    """An unnamed file in ``folder`` (O_TMPFILE), or None where the OS or filesystem lacks it."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not Path("/proc/self/fd").is_dir():
+        return None
+    try:
+        return os.open(folder, flag | os.O_RDWR, 0o600)
+    except OSError:
+        return None
 
 
 def write_text_atomic(path: str | Path, text: str, *, force: bool = True) -> None:

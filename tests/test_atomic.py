@@ -110,42 +110,70 @@ def make_bank(path: Path, rows: int, dim: int) -> None:
     )
 
 
-def test_sigkill_mid_write_leaves_no_output_and_the_input_untouched(tmp_path: Path) -> None:
-    # ~60k windows x 6 x 128 float32 = 180 MB of output: long enough to be caught
-    # mid-write by polling for the temporary file, in a real child process.
-    rows = 60_000
-    bank, out = tmp_path / "bank.npz", tmp_path / "seq.npz"
-    make_bank(bank, rows, 128)
-    before = sha256(bank)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from lvmqa.windows import build_sequences; "
-            "build_sequences(sys.argv[1], sys.argv[2])",
-            str(bank),
-            str(out),
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-    )
+def _writing_into(pid: int, folder: Path, min_bytes: int = 1 << 20) -> bool:
+    """Whether process ``pid`` holds an open output file in ``folder`` of at least min_bytes.
+
+    Works for named temporaries and for unnamed O_TMPFILE inodes ("/dir/#123 (deleted)").
+    """
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+            if target.startswith(str(folder)) and os.stat(entry).st_size >= min_bytes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _kill_mid_write(command: list[str], out_folder: Path) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
-        while not any(p.stat().st_size > 1 << 20 for p in tmp_path.glob(".seq.npz.*.tmp")):
-            assert child.poll() is None, "the build finished before it could be killed"
-            assert time.monotonic() < deadline, "no temporary file appeared"
+        while not _writing_into(child.pid, out_folder):
+            assert child.poll() is None, "the run finished before it could be killed"
+            assert time.monotonic() < deadline, "no output file was ever opened"
             time.sleep(0.005)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert not out.exists()  # no partial output under the real name
-    assert sha256(bank) == before
-    assert len(leftovers(tmp_path)) == 1  # the dead writer's hidden temporary
+    return child
 
-    # the next run removes the stale temporary and writes a complete file
-    build_sequences(bank, out)
-    assert leftovers(tmp_path) == []
-    assert open_dataset(out).n == rows - (rows // 50) * 5
+
+def test_sigkill_mid_write_leaves_no_output_and_the_input_untouched(tmp_path: Path) -> None:
+    # ~60k windows x 6 x 128 float32 = 180 MB of output: long enough to be caught
+    # mid-write, in a real child process.
+    rows = 60_000
+    bank, out_dir = tmp_path / "bank.npz", tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "seq.npz"
+    make_bank(bank, rows, 128)
+    before = sha256(bank)
+    _kill_mid_write([sys.executable, "-c",
+                     "import sys; from lvmqa.windows import build_sequences; "
+                     "build_sequences(sys.argv[1], sys.argv[2])", str(bank), str(out)], out_dir)
+    assert list(out_dir.iterdir()) == []  # no partial output, not even a hidden temporary
     assert sha256(bank) == before
+    build_sequences(bank, out)  # and a later run writes a complete file
+    assert open_dataset(out).n == rows - (rows // 50) * 5
+    assert leftovers(out_dir) == []
+    assert sha256(bank) == before
+
+
+def test_sigkill_mid_filter_leaves_no_output_and_the_input_untouched(tmp_path: Path) -> None:
+    rows = 60_000
+    bank, seq, out_dir = tmp_path / "bank.npz", tmp_path / "seq.npz", tmp_path / "filtered"
+    make_bank(bank, rows, 128)
+    build_sequences(bank, seq)
+    out_dir.mkdir()
+    before = sha256(seq)
+    _kill_mid_write([sys.executable, "-m", "lvmqa.cli", "filter", str(seq), "--min-coherence",
+                     "-0.5", "--out", str(out_dir / "kept")], out_dir)
+    assert list(out_dir.iterdir()) == []
+    assert sha256(seq) == before
