@@ -142,23 +142,27 @@ def _alignment(results: Mapping[str, CheckResult]) -> list[Cause]:
     verdict = a.get("diagnosis")
     fp_failed = _status(results, "fingerprint") == "failed"
     fp = _m(results, "fingerprint")
-    if _status(results, "alignment") == "failed" and verdict == "shift":
+    # shift: texts at a fixed offset; partial: the offset starts after a gap; misaligned:
+    # texts found elsewhere in the file (the stored geometry does not match the texts').
+    if _status(results, "alignment") == "failed" and verdict in ("shift", "partial", "misaligned"):
         k = a.get("best_shift")
+        explained = _num(a.get("shift_explained_share")) or _num(a.get("displaced_share")) or 0
         causes.append(
             Cause(
                 "text_vector_misalignment",
-                0.6 + 0.35 * (_num(a.get("shift_explained_share")) or 0),
+                0.6 + 0.35 * explained,
                 [
                     f"re-encoded text i matches stored vector i{int(k):+d} "
                     f"(explains {_pct(a.get('shift_explained_share'))} of sampled rows)"
-                    if isinstance(k, int)
-                    else "re-encoded texts match other rows than their own",
+                    if isinstance(k, int) and k != 0
+                    else f"re-encoded texts match other rows than their own "
+                    f"({_pct(a.get('displaced_share'))} found elsewhere in the file)",
                     f"cosine of text i to its own vector: mean {_f(a.get('cosine_mean'))}, "
                     f"p5 {_f(a.get('cosine_p5'))}",
                 ],
             )
         )
-    wrong = _status(results, "alignment") == "failed" and verdict in ("wrong_encoder", "partial")
+    wrong = _status(results, "alignment") == "failed" and verdict == "wrong_encoder"
     if wrong or fp_failed:
         evidence = []
         if wrong:
