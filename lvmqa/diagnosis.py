@@ -650,3 +650,11 @@ def facts_from_context(ctx: Any) -> Facts:
         context_length=ctx.dataset.context_length,
         encoder=ctx.encoder_name(),
     )
+
+
+def _short_path(path: str) -> str:
+    """Relative to the working folder when inside it, so commands read as typed."""
+    import os
+
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative

@@ -182,7 +182,12 @@ def _load_sentence_transformer(spec: str, folder: Path | None) -> Encoder:
     # local_files_only covers an already-imported hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Weight-loading progress bars are noise in CI logs and in one-line CLI output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     source = str(folder) if folder is not None else spec
     try:
