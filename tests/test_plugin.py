@@ -83,3 +83,59 @@ def test_nan_rows_fail_norms_with_counts(quality_pytester: pytest.Pytester) -> N
         "datasets"]["nan"]["checks"]["norms"]["metrics"]
     assert metrics["target_nan_count"] == 2
     assert metrics["target_zero_count"] == 1
+
+
+def assert_results_schema(data: dict) -> None:
+    """The design.md JSON contract, checked field by field."""
+    from lvmqa.checks import CHECKS
+    from lvmqa.diagnosis import ROOT_CAUSE_CODES
+
+    assert isinstance(data["lvmqa_version"], str)
+    assert data["datasets"]
+    for entry in data["datasets"].values():
+        assert isinstance(entry["path"], str)
+        assert entry["sha256"].startswith("sha256:") and len(entry["sha256"]) == 71
+        assert isinstance(entry["n_sequences"], int) and isinstance(entry["dim"], int)
+        for check_id, check in entry["checks"].items():
+            assert check_id in CHECKS
+            assert check["status"] in ("passed", "failed", "skipped", "error")
+            assert isinstance(check["metrics"], dict) and isinstance(check["message"], str)
+            assert all(k == k.lower() and " " not in k for k in check["metrics"])
+        diagnosis = entry["diagnosis"]
+        assert isinstance(diagnosis["verdict"], str)
+        for cause in diagnosis["root_causes"]:
+            assert cause["code"] in ROOT_CAUSE_CODES
+            assert 0.0 <= cause["confidence"] <= 1.0
+            assert all(isinstance(e, str) for e in cause["evidence"])
+        assert isinstance(diagnosis["rules_out"], list)
+        assert isinstance(diagnosis["actions"], list)
+
+
+def test_json_results_follow_the_design_schema(quality_pytester: pytest.Pytester) -> None:
+    path = random_sequences(quality_pytester.path / "tiny.npz")
+    quality_pytester.runpytest("quality_tests", f"--dataset={path}", "-m", "not smoke",
+                               "--lvmqa-json=out.json")
+    data = json.loads((quality_pytester.path / "out.json").read_text())
+    assert_results_schema(data)
+    assert set(data["datasets"]["tiny"]["checks"]) >= {"norms", "coherence", "duplicates"}
+
+
+@pytest.mark.slow
+def test_demo_json_follows_the_design_schema(tmp_path: pytest.TempPathFactory) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "demo.json"  # type: ignore[operator]
+    done = subprocess.run([sys.executable, "-m", "pytest", "quality_tests",
+                           "--dataset=wiki-790k", "-m", "not smoke", "-p", "no:cacheprovider",
+                           "--import-mode=importlib", f"--lvmqa-json={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 1, done.stdout[-2000:]
+    data = json.loads(out.read_text())
+    assert_results_schema(data)
+    diagnosis = data["datasets"]["wiki-790k"]["diagnosis"]
+    codes = [c["code"] for c in diagnosis["root_causes"]]
+    assert codes[:2] == ["ordering_or_boundary", "low_coherence_dilution"]
+    assert diagnosis["actions"][0]["command"].startswith("lvmqa windows ")
