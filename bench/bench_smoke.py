@@ -3,7 +3,8 @@
 Writes a synthetic random-walk bank (articles drifting by one shared rotation, see
 `lvmqa.smoke.random_walk_articles`) to a temporary file, then times the whole smoke
 pipeline on it (open, split, load into one device tensor, train, checkpoint round trip)
-and reports the median of `--repeats` runs.
+and reports the median of `--repeats` runs. Validation is checked `--checks-per-epoch` times per
+epoch, as in the smoke check; with `--n` at or above the file's size there is one fold.
 
     python bench/bench_smoke.py                        # CPU: 50k sequences, 5 epochs
     python bench/bench_smoke.py --n 277078 --device cuda
@@ -49,14 +50,19 @@ def write_bank(path: Path, n_sequences: int, dim: int, seed: int) -> int:
 
 def one_run(path: Path, args: argparse.Namespace) -> dict[str, float | str | int]:
     config = smoke.TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        checks_per_epoch=args.checks_per_epoch,
     )
     started = time.perf_counter()
     dataset = open_dataset(path)
-    run = smoke.run_smoke(dataset, config, max_sequences=args.n)
+    run = smoke.run_smoke(dataset, config, max_sequences=args.n, folds=args.folds)
     wall = time.perf_counter() - started
     m = run.metrics
-    trained = int(m["n_train"]) * int(m["epochs"])
+    # every fold trains its own model; a back-off rung that stopped early is not counted
+    trained = int(m["n_train"]) * int(m["epochs"]) * int(m["n_folds"])
     return {
         "wall_s": wall,
         "load_s": float(m["load_seconds"]),
@@ -65,7 +71,9 @@ def one_run(path: Path, args: argparse.Namespace) -> dict[str, float | str | int
         "train_only_seq_per_s": float(m["sequences_per_second"]),
         "device": str(m["device"]),
         "n_train": int(m["n_train"]),
-        "val_cosine_final": float(m["val_cosine_final"]),
+        "n_folds": int(m["n_folds"]),
+        "lr": float(m["lr_selected"]),
+        "val_cosine_best": float(m["val_cosine_best"]),
         "mean_context_cosine": float(m["baseline_mean_context_cosine"]),
     }
 
@@ -79,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checks-per-epoch",
+        type=int,
+        default=smoke.DEFAULT_CHECKS_PER_EPOCH,
+        help="validation checks per epoch (each is a forward pass over the val rows)",
+    )
+    parser.add_argument("--folds", type=int, default=None, help="default: the budget rule")
     args = parser.parse_args(argv)
 
     import torch
@@ -102,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"run {i + 1}: {result['wall_s']:.2f} s wall (load {result['load_s']:.2f} s, "
                 f"train {result['train_s']:.2f} s), {result['end_to_end_seq_per_s']:.0f} seq/s "
-                f"end to end, {result['train_only_seq_per_s']:.0f} seq/s training; val cosine "
-                f"{result['val_cosine_final']:.3f} vs mean-of-context "
+                f"end to end, {result['train_only_seq_per_s']:.0f} seq/s training; "
+                f"{result['n_folds']} fold(s) at lr {result['lr']:.0e}; val cosine "
+                f"{result['val_cosine_best']:.3f} vs mean-of-context "
                 f"{result['mean_context_cosine']:.3f}"
             )
     wall = statistics.median(float(r["wall_s"]) for r in runs)

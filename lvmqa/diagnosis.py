@@ -449,7 +449,12 @@ def _rules_out(results: Mapping[str, CheckResult]) -> list[str]:
     if passed("split_leakage"):
         out.append("leakage: no article or target shared with the val/OOD splits")
     if passed("smoke_train"):
-        out.append("a training bug: the smoke model beats predicting the mean of the context")
+        beats = _m(results, "smoke_train").get("mean_context_gate") == "beats_mean_of_context"
+        out.append(
+            "a training bug: the smoke model "
+            + ("beats" if beats else "is not worse than")
+            + " predicting the mean of the context"
+        )
     if passed("ood_eval"):
         out.append(
             "an evaluation bug on OOD: the reloaded model scores above the trivial predictors"

@@ -115,7 +115,9 @@ def pytest_configure(config: pytest.Config) -> None:
     explicit = config.getoption("lvmqa_config") or os.environ.get("LVMQA_CONFIG")
     trust_flag = config.getoption("trust_registry")
     try:
-        path = find_config(config.getoption("lvmqa_config"), start=Path(config.invocation_params.dir))
+        path = find_config(
+            config.getoption("lvmqa_config"), start=Path(config.invocation_params.dir)
+        )
         # The repository's own lvmqa.toml is trusted by default; a file named on the
         # command line or in the environment is not, unless --trust-registry says so.
         trusted = (not explicit) if trust_flag is None else bool(trust_flag)

@@ -6,7 +6,8 @@ pytestmark = [pytest.mark.p2, pytest.mark.smoke]
 
 
 def test_smoke_train(lvmqa_check):
-    """val_cosine per epoch passes the gates and beats predicting the mean of the context."""
+    """val_cosine passes its gates and is not worse than predicting the mean of the context
+    (beats it, where the split has the power to show the expected gain)."""
     result = lvmqa_check("smoke_train")
     assert result.failed_gates == [], result.message
 
