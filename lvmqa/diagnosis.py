@@ -648,10 +648,10 @@ def facts_from_context(ctx: Any) -> Facts:
     baseline = ctx.baseline()
     return Facts(
         name=ctx.name,
-        path=str(ctx.dataset.path),
+        path=_short_path(str(ctx.dataset.path)),
         registered=ctx.entry.from_registry,
         baseline=baseline.name if baseline else None,
-        source_path=source_path,
+        source_path=_short_path(source_path) if source_path else None,
         context_length=ctx.dataset.context_length,
         encoder=ctx.encoder_name(),
     )
