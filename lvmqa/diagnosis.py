@@ -469,7 +469,9 @@ def _actions(causes: list[Cause], facts: Facts) -> list[dict[str, str]]:
     codes = [c.code for c in causes]
     out_name = f"{facts.name}-rebuilt.npz"
     base = f" --baseline={q(facts.baseline)}" if facts.baseline else ""
+    repaired = facts.target  # the dataset to train on once the actions are done
     if "ordering_or_boundary" in codes:
+        repaired = out_name
         bank = q(facts.source_path) if facts.source_path else "BANK.npz"
         blocklist = ""
         if "low_coherence_dilution" in codes:
@@ -489,6 +491,7 @@ def _actions(causes: list[Cause], facts: Facts) -> list[dict[str, str]]:
         )
     elif "low_coherence_dilution" in codes:
         out = f"filtered/{facts.name}"
+        repaired = out + ".npz"
         actions.append(
             {
                 "title": "Drop blocklisted pages and low-coherence rows, then re-check the result",
@@ -556,7 +559,10 @@ def _actions(causes: list[Cause], facts: Facts) -> list[dict[str, str]]:
         )
     if actions and causes and causes[0].code != "healthy":
         actions.append(
-            {"title": "Then train (the smoke gate must pass first)", "command": rerun + " -m smoke"}
+            {
+                "title": "Then train on the repaired data (the smoke gate must pass first)",
+                "command": f"pytest quality_tests --dataset={q(repaired)}{base} -m smoke",
+            }
         )
     return actions
 
