@@ -25,6 +25,7 @@ import pandas as pd
 
 from lvmqa.errors import DatasetFormatError
 from lvmqa.npzfile import DataFile, Member
+from lvmqa.schema import validate_meta
 
 TARGET_KEYS = ("target_vectors", "targets", "train_target_vectors")
 CONTEXT_KEYS = ("context_sequences", "contexts", "train_context_sequences")
@@ -102,6 +103,8 @@ class Dataset:
                 found=f"keys {sorted(self.data.keys()) or 'none'}",
             )
         self.meta = self._build_meta()
+        if self.kind == "sequences":
+            validate_meta(self.meta, source=self.source, bank=False)
         self.has_article_ids = bool(len(self.meta)) and not self.meta["article"].isna().any()
 
     # ----------------------------------------------------------------- opening
@@ -253,6 +256,8 @@ class Dataset:
         ):
             table[column] = self._per_row(key, rows, dtype)
         texts = self._text_column("concept_texts", (rows,))
+        # Windows are derived from the keys, so they must be valid before anything else.
+        validate_meta(table, source=self.source, bank=True)
         self._bank_table = table
         self._bank_texts = texts
         c = self.context_length
