@@ -401,6 +401,7 @@ def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 def coherence_pass(ctx: CheckContext) -> CoherencePass:
     """The dataset's pass, computed once and shared by coherence, drift and integrity."""
+
     def compute() -> CoherencePass:
         task = Task(f"{ctx.name}: coherence pass", ctx.dataset.n)
         result = stream_coherence_pass(ctx.dataset, progress=lambda done, _: task.update(done))
