@@ -699,6 +699,12 @@ def test_broken_forward_on_the_real_ood_path_is_an_evaluation_fault(walk_files: 
     assert result.status == "error"
     assert result.metrics["evaluation_fault"] is True
     assert "not a data problem" in result.message
+    # the diagnosis blames the evaluation, not the data
+    from lvmqa.diagnosis import diagnose
+
+    ran = {cid: run_check(ctx, cid) for cid in ("norms", "coherence", "smoke_train")}
+    diagnosis = diagnose("train", {**ran, "ood_eval": result})
+    assert [c["code"] for c in diagnosis["root_causes"]][0] == "evaluation_fault"
 
 
 def test_smoke_refuses_to_evaluate_weights_in_another_class(walk_files: Path) -> None:
