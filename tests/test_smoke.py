@@ -704,7 +704,7 @@ def test_broken_forward_on_the_real_ood_path_is_an_evaluation_fault(walk_files: 
 
     ran = {cid: run_check(ctx, cid) for cid in ("norms", "coherence", "smoke_train")}
     diagnosis = diagnose("train", {**ran, "ood_eval": result})
-    assert [c["code"] for c in diagnosis["root_causes"]][0] == "evaluation_fault"
+    assert diagnosis["root_causes"][0]["code"] == "evaluation_fault"
 
 
 def test_smoke_refuses_to_evaluate_weights_in_another_class(walk_files: Path) -> None:
