@@ -816,3 +816,37 @@ def _data_file(ds: Dataset) -> DataFile:
 
     data = getattr(ds, "data", None)
     return data if isinstance(data, DataFile) else DataFile(ds.path)
+
+
+def filter_preview(
+    ds: Dataset,
+    *,
+    min_coherence: float | None = DEFAULT_MIN_COHERENCE,
+    blocklist: str | None = DEFAULT_BLOCKLIST,
+    source: str | Path | Dataset | None = None,
+) -> dict[str, Any]:
+    """What ``lvmqa filter`` would keep and drop, without writing anything.
+
+    The report shows it next to the diagnosis (the seed's "Quality Filtering Results"),
+    with the same honest coherence section: the kept rows' score is inflated by the
+    selection, the within-window coherence is not.
+    """
+    result = evaluate(ds, min_coherence=min_coherence, blocklist=blocklist, source=source)
+    kept = int(result.mask.sum())
+    contiguous = windows_stay_contiguous(result.mask, result.scores.order, result.scores.same)
+    return {
+        "preview": True,
+        "parameters": {
+            "min_coherence": min_coherence,
+            "blocklist": blocklist,
+            "drop_duplicates": False,
+            "source": None if source is None else str(getattr(source, "path", source)),
+            "score_definition": SCORE_DEFINITION,
+        },
+        "counts": {"input": ds.n, "kept": kept, "dropped": ds.n - kept},
+        "reasons": {name: int(flags.sum()) for name, flags in result.reasons.items()},
+        "reasons_applied": result.applied,
+        "dropped_by_primary_reason": primary_reason_counts(result.reasons),
+        "windows_contiguous": contiguous,
+        "coherence": coherence_section(ds, result, min_coherence),
+    }

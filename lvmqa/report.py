@@ -51,7 +51,29 @@ def build_results(session: Any) -> dict[str, Any]:
             "checks": checks,
             "diagnosis": _safe_diagnosis(diagnose, name, {cid: ran[cid] for cid in checks}, ctx),
         }
+        preview = _filter_preview(ctx, datasets[name]["diagnosis"])
+        if preview is not None:
+            datasets[name]["filter"] = preview
     return {"lvmqa_version": __version__, "datasets": datasets}
+
+
+_FILTERABLE_CAUSES = {"low_coherence_dilution", "ordering_or_boundary", "duplicates"}
+
+
+def _filter_preview(ctx: Any, diagnosis: dict[str, Any]) -> dict[str, Any] | None:
+    """What `lvmqa filter` would do, when the diagnosis points at filterable rows.
+
+    A preview only (nothing is written); any failure leaves the results without it.
+    """
+    codes = {c.get("code") for c in diagnosis.get("root_causes", [])}
+    if not codes & _FILTERABLE_CAUSES or ctx.dataset.kind != "sequences":
+        return None
+    try:
+        from lvmqa.filtering import filter_preview
+
+        return filter_preview(ctx.dataset, source=ctx.source_bank())
+    except Exception:  # the preview is a courtesy; the checks' results must still be written
+        return None
 
 
 def _safe_diagnosis(
