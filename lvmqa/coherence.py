@@ -46,6 +46,7 @@ T = TypeVar("T")
 HIST_EDGES: np.ndarray = np.round(np.linspace(-0.2, 1.0, 13), 10)
 PERCENTILES = (10, 25, 50, 75, 90)
 CACHE_ROWS = 256  # rows per sub-block: (C+1) x 768 x 4 B x 256 = 4.7 MB, cache-sized
+PREFETCH = 2  # blocks read ahead of the computation (a thread)
 MAX_LAG = 8  # lags of the file-order decay profile (k = 1..8)
 DEFAULT_LOW_COHERENCE = 0.30
 DEFAULT_DRIFT_MEAN_PCT = -5.0
@@ -343,7 +344,11 @@ def stream_coherence_pass(
     ``progress(rows_done, rows_total)`` is called after each block (for a progress bar).
     """
     acc = CoherenceAccumulator(dataset.n, dataset.context_length, dataset.dim)
-    for chunk in _prefetched(dataset.iter_chunks(rows)):
+    # Chunks are read into a ring of reused buffers: the one being computed, PREFETCH
+    # waiting in the queue and the one being read, so the ring needs PREFETCH + 2 slots.
+    # acc.add keeps no reference to a block's arrays after it returns.
+    chunks = dataset.iter_chunks(rows, reuse=PREFETCH + 2)
+    for chunk in _prefetched(chunks, depth=PREFETCH):
         if chunk.start != acc.rows_seen:
             raise LvmqaError(
                 "chunks arrived out of order",
@@ -519,7 +524,9 @@ def block_length(values: np.ndarray, *, max_lag: int = 5000) -> int:
     if var <= 0:
         return min(base, max(1, n // 10))
     lags = min(max_lag, n // 2)
-    size = 1 << math.ceil(math.log2(2 * n))
+    # Zero padding to n + lags keeps the circular correlation exact up to ``lags``
+    # (padding to 2n, enough for all lags, doubles the FFTs for nothing).
+    size = 1 << math.ceil(math.log2(n + lags + 1))
     spectrum = np.fft.rfft(x, size)
     acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[: lags + 1] / var
     below = np.flatnonzero(np.abs(acf[1:]) < 2.0 / math.sqrt(n))
@@ -541,10 +548,12 @@ def block_bootstrap_means(
     if n == 0:
         return np.full((reps, s), np.nan)
     valid = np.isfinite(x)
+    # Prefix sums along rows, computed on the transposed views: a cumsum down the
+    # columns of a C-order (n, s) array strides through memory and is twice as slow.
     sums = np.zeros((n + 1, s))
-    sums[1:] = np.cumsum(np.where(valid, x, 0.0), axis=0)
+    np.cumsum(np.where(valid, x, 0.0).T, axis=1, out=sums[1:].T)
     counts = np.zeros((n + 1, s))
-    counts[1:] = np.cumsum(valid, axis=0)
+    np.cumsum(valid.T, axis=1, dtype=np.float64, out=counts[1:].T)
     length = int(min(max(block, 1), n))
     n_blocks = math.ceil(n / length)
     out = np.empty((reps, s))

@@ -339,7 +339,7 @@ class Dataset:
 
     def _per_row(self, key: str, rows: int, dtype: str) -> pd.Series:
         if key not in self.data:
-            return pd.Series(pd.array([pd.NA] * rows, dtype=dtype))
+            return _all_missing(rows, dtype)
         arr = np.asarray(self.data.members[key].load())
         if arr.shape != (rows,):
             raise DatasetFormatError(
@@ -367,7 +367,7 @@ class Dataset:
         n = self.n
         meta = pd.DataFrame(index=pd.RangeIndex(n))
         for column, dtype in META_COLUMNS.items():
-            meta[column] = pd.Series(pd.array([pd.NA] * n, dtype=dtype))
+            meta[column] = _all_missing(n, dtype)
         if self.kind == "bank":
             assert self._bank_table is not None
             assert self._bank_rows is not None
@@ -469,7 +469,7 @@ class Dataset:
         title = column("article_title")  # lvmqa's own writers add it; origin files may not
         if title is not None:
             out["title"] = pd.array([_as_text(v) for v in title], dtype="string")
-        differ = pd.Series(pd.array([pd.NA] * self.n, dtype="boolean"))
+        differ = _all_missing(self.n, "boolean")
         last = column("last_context_article")
         if last is not None and article is not None:
             last_i = _to_int(last, self.source, "metadata.last_context_article")
@@ -525,11 +525,50 @@ class Dataset:
         row_bytes = (self.context_length + 1) * self.dim * 4
         return max(1, CHUNK_BYTES // max(row_bytes, 1))
 
-    def iter_chunks(self, rows: int | None = None) -> Iterator[Chunk]:
+    def iter_chunks(self, rows: int | None = None, *, reuse: int = 0) -> Iterator[Chunk]:
+        """Consecutive row blocks of contexts and targets, as float32.
+
+        By default each chunk owns fresh, writable arrays. With ``reuse=R`` (R >= 1)
+        a chunk's arrays are READ-ONLY and valid only until the iterator has advanced
+        R more times: float32 members stored in place are read-only views of a memory
+        map of the block's rows (no copy at all), and others are read into a ring of R
+        preallocated buffer pairs that are then overwritten. On a cached file this is
+        several times faster than fresh 64 MB arrays, whose first touch costs a page
+        fault per 4 KB. A consumer that lets a prefetch thread run ``d`` chunks ahead
+        needs ``R >= d + 2``.
+        """
         step = rows or self.chunk_rows()
-        for start in range(0, self.n, step):
+        if reuse < 0:
+            raise ValueError(f"reuse must be >= 0, got {reuse}")
+        if reuse == 0 or self._contexts is None or self._targets is None:
+            for start in range(0, self.n, step):
+                stop = min(start + step, self.n)
+                contexts = self.context_rows(start, stop)
+                yield Chunk(start, stop, contexts, self.target_rows(start, stop))
+            return
+        yield from self._iter_chunks_in_ring(step, reuse, self._contexts, self._targets)
+
+    def _iter_chunks_in_ring(
+        self, step: int, ring: int, contexts: Member, targets: Member
+    ) -> Iterator[Chunk]:
+        """The ``reuse`` chunks: mapped float32 rows, else a ring of ``ring`` buffers."""
+        if all(m.reads_in_place and m.dtype == np.float32 for m in (contexts, targets)):
+            for start in range(0, self.n, step):
+                stop = min(start + step, self.n)
+                ctx = contexts.rows_mapped(start, stop)
+                yield Chunk(start, stop, ctx, targets.rows_mapped(start, stop))
+            return
+        step = min(step, self.n)
+        shape = (step, self.context_length, self.dim)
+        context_ring = [np.empty(shape, dtype=np.float32) for _ in range(ring)]
+        target_ring = [np.empty((step, self.dim), dtype=np.float32) for _ in range(ring)]
+        for i, start in enumerate(range(0, self.n, step)):
             stop = min(start + step, self.n)
-            yield Chunk(start, stop, self.context_rows(start, stop), self.target_rows(start, stop))
+            slot = i % ring
+            ctx = contexts.rows_into(start, context_ring[slot][: stop - start])
+            tgt = targets.rows_into(start, target_ring[slot][: stop - start])
+            ctx.flags.writeable = tgt.flags.writeable = False  # same contract as the maps
+            yield Chunk(start, stop, ctx, tgt)
 
     def iter_target_chunks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         step = rows or self.chunk_rows() * (self.context_length + 1)
@@ -585,6 +624,11 @@ def _take_rows(member: Member, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(idx), *member.shape[1:]), dtype=np.float32)
     out[order] = array[idx[order]]
     return out
+
+
+def _all_missing(n: int, dtype: str) -> pd.Series:
+    """A column of ``n`` missing values (pd.NA), built without a Python list of n items."""
+    return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype=dtype)
 
 
 def _f32(array: np.ndarray) -> np.ndarray:

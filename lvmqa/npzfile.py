@@ -14,9 +14,11 @@ import ast
 import atexit
 import lzma
 import math
+import mmap
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -217,29 +219,88 @@ class Member:
                 )
         return self._mmap
 
+    @property
+    def reads_in_place(self) -> bool:
+        """True when row ranges are read straight from the file (C order, numeric)."""
+        return not (self._array is not None or self.header.fortran_order or self.dtype.hasobject)
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """A fresh array with rows ``start:stop`` (read with pread, no lasting mapping)."""
-        if self._array is not None or self.header.fortran_order or self.dtype.hasobject:
+        if not self.reads_in_place:
             return np.array(self.load()[start:stop])
+        stop = min(stop, self.n_rows)
+        start = min(start, stop)
+        out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        return self.rows_into(start, out)
+
+    def rows_mapped(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a read-only view of a memory map of just those rows.
+
+        The window is mapped and its page table filled at once (MADV_POPULATE_READ,
+        which reads from disk if needed), so on a cached file the rows cost neither a
+        copy nor a page fault each. The mapping lives as long as the returned array
+        (and its views): a streaming caller that drops each block keeps resident
+        memory to the blocks it holds. Needs :attr:`reads_in_place`.
+        """
+        if not self.reads_in_place:
+            raise ValueError(f"{self.name} cannot be mapped (in memory, Fortran order or objects)")
         self._check_size()
         stop = min(stop, self.n_rows)
         start = min(start, stop)
         row_shape = self.shape[1:]
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
-        out = np.empty((stop - start, *row_shape), dtype=self.dtype)
+        row_bytes = math.prod(row_shape) * self.dtype.itemsize
+        if row_bytes == 0 or stop == start:
+            return np.empty((stop - start, *row_shape), dtype=self.dtype)
         assert self._file_path is not None
-        if row_bytes and stop > start:
-            with open(self._file_path, "rb", buffering=0) as handle:
-                view = memoryview(out.reshape(-1).view(np.uint8).data)
-                handle.seek(self._data_offset + start * row_bytes)
-                filled = 0
-                while filled < len(view):  # one read() returns at most ~2 GB on Linux
-                    got = handle.readinto(view[filled:])
-                    if not got:
-                        raise DatasetFormatError(
-                            "array data is truncated", path=self.source, key=self.name
-                        )
-                    filled += got
+        offset = self._data_offset + start * row_bytes
+        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+        length = offset - aligned + (stop - start) * row_bytes
+        with open(self._file_path, "rb", buffering=0) as handle:
+            window = mmap.mmap(handle.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
+        _populate(window)
+        count = (stop - start) * math.prod(row_shape)
+        array = np.frombuffer(window, dtype=self.dtype, count=count, offset=offset - aligned)
+        return array.reshape(stop - start, *row_shape)
+
+    def rows_into(self, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:start + len(out)`` written into ``out``, which is returned.
+
+        With a C-contiguous ``out`` of the stored dtype the bytes go straight from the
+        file (page cache) into it: a caller that reuses ``out`` across blocks touches no
+        fresh pages, which on a cached file costs more than the copy itself. Any other
+        ``out`` is filled through :meth:`rows` (a cast or a copy).
+        """
+        stop = start + len(out)
+        if stop > self.n_rows or start < 0:
+            raise ValueError(f"rows {start}:{stop} outside 0:{self.n_rows} of {self.name}")
+        direct = (
+            self.reads_in_place
+            and out.dtype == self.dtype
+            and out.shape[1:] == self.shape[1:]
+            and out.flags.c_contiguous
+        )
+        if not direct:
+            out[...] = self.rows(start, stop)
+            return out
+        self._check_size()
+        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
+        if row_bytes == 0 or stop == start:
+            return out
+        assert self._file_path is not None
+        view = memoryview(out.reshape(-1).view(np.uint8).data)
+        offset = self._data_offset + start * row_bytes
+        fd = os.open(self._file_path, os.O_RDONLY)
+        try:
+            filled = 0
+            while filled < len(view):  # one read returns at most ~2 GB on Linux
+                got = os.preadv(fd, [view[filled:]], offset + filled)
+                if not got:
+                    raise DatasetFormatError(
+                        "array data is truncated", path=self.source, key=self.name
+                    )
+                filled += got
+        finally:
+            os.close(fd)
         return out
 
     def load(self) -> np.ndarray:
@@ -271,6 +332,22 @@ class Member:
         with open(self._file_path, "rb") as handle:
             handle.seek(self._data_offset)
             return _unpickle_array(handle, self.header, self.source, self.name)
+
+
+# Linux >= 5.14: fault a mapping's pages in now (reading them if needed) in one call.
+_MADV_POPULATE_READ = 22
+
+
+def _populate(window: mmap.mmap) -> None:
+    """Fill the page table of a fresh mapping now, in the calling (prefetch) thread."""
+    if sys.platform == "linux":
+        try:
+            window.madvise(_MADV_POPULATE_READ)
+            return
+        except OSError:  # an older kernel: fall back to asynchronous readahead
+            pass
+    if hasattr(mmap, "MADV_WILLNEED"):
+        window.madvise(mmap.MADV_WILLNEED)
 
 
 class DataFile:
