@@ -46,15 +46,17 @@ import functools
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from lvmqa.errors import CheckSkipped, LvmqaError
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -814,6 +816,27 @@ def info_nce_loss(predictions: torch.Tensor, targets: torch.Tensor, tau: float) 
     return F.cross_entropy(logits, labels)
 
 
+# CPU kernels reduce in an order that depends on the thread count, so the smoke numbers
+# would change in their last bits with OMP_NUM_THREADS. Pinning torch to a fixed count for
+# the smoke run makes the JSON identical whatever the caller's setting (2: what CI has).
+SMOKE_CPU_THREADS = 2
+
+
+def _with_fixed_threads(func: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(SMOKE_CPU_THREADS)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
 class _DeterministicTorch:
     """Seed torch and switch on deterministic kernels, restoring the caller's state after."""
 
@@ -1256,6 +1279,7 @@ class _Fold:
     n_train_groups: int
 
 
+@_with_fixed_threads
 def run_smoke(
     dataset: Dataset,
     config: TrainConfig,
@@ -1593,6 +1617,7 @@ class OodScores:
     groups: np.ndarray
 
 
+@_with_fixed_threads
 def evaluate_ood(
     run: SmokeRun,
     dataset: Dataset,
