@@ -44,6 +44,7 @@ import numpy as np
 from lvmqa.atomic import atomic_write, write_text_atomic
 from lvmqa.errors import LvmqaError
 from lvmqa.leakage import row_digests
+from lvmqa.npzfile import file_sha256
 from lvmqa.texts import (
     DEFAULT_BLOCKLIST,
     blocklist_row_mask,
@@ -572,17 +573,6 @@ def _write_npy_folder(
     return updated
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*")) if path.is_dir() else [path]:
-        with open(file, "rb") as handle:
-            while block := handle.read(8 * 1024 * 1024):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 # --- manifest --------------------------------------------------------------------------------
 
 
@@ -771,7 +761,7 @@ def filter_dataset(
         },
         "output": {
             "dataset": str(paths.dataset),
-            "sha256": _file_sha256(paths.dataset),
+            "sha256": file_sha256(paths.dataset),
             "mask": str(paths.mask),
             "format": "folder of .npy" if ds.path.is_dir() else "npz (uncompressed)",
             "filtered_keys": [p.name for p in plan if p.keep is not None],

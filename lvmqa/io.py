@@ -13,7 +13,6 @@ Formats and key aliases follow ``../shared/origin-notes.md``:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lvmqa.errors import DatasetFormatError
-from lvmqa.npzfile import DataFile, Member
+from lvmqa.npzfile import DataFile, Member, file_sha256
 from lvmqa.schema import validate_meta
 
 TARGET_KEYS = ("target_vectors", "targets", "train_target_vectors")
@@ -590,17 +589,7 @@ class Dataset:
 
     def sha256(self) -> str:
         if self._sha256 is None:
-            digest = hashlib.sha256()
-            paths = (
-                sorted(p for p in self.path.glob("*") if p.is_file())
-                if self.path.is_dir()
-                else [self.path]
-            )
-            for path in paths:
-                with open(path, "rb") as handle:
-                    while block := handle.read(8 * 1024 * 1024):
-                        digest.update(block)
-            self._sha256 = "sha256:" + digest.hexdigest()
+            self._sha256 = file_sha256(self.path)
         return self._sha256
 
     def describe(self) -> dict[str, Any]:

@@ -26,16 +26,6 @@ def row_norms(block: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("...d,...d->...", block, block, dtype=np.float64))
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of matching rows; NaN where either vector is zero or non-finite."""
-    dot = np.einsum("...d,...d->...", a, b, dtype=np.float64)
-    denom = row_norms(a) * row_norms(b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = dot / denom
-    cos[~np.isfinite(cos) | (denom <= ZERO_NORM)] = np.nan
-    return cos
-
-
 @dataclass
 class NormAccumulator:
     """Streaming norm statistics over any number of blocks."""

@@ -146,6 +146,19 @@ def _unpickle_array(stream: IO[bytes], header: NpyHeader, source: str, key: str)
     return array
 
 
+def file_sha256(path: Path) -> str:
+    """``sha256:HEX`` of a data file's bytes (of a folder: its files in name order), streamed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.glob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as handle:
+            while block := handle.read(8 * 1024 * 1024):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 class Member:
     """One array of a data file, readable by row ranges without loading it whole."""
 

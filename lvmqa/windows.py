@@ -22,7 +22,7 @@ import numpy as np
 from lvmqa.atomic import atomic_write
 from lvmqa.errors import DatasetFormatError, LvmqaError
 from lvmqa.io import Dataset
-from lvmqa.npzfile import NpzWriter
+from lvmqa.npzfile import NpzWriter, file_sha256
 from lvmqa.registry import BuildRecipe
 
 RECIPE_VERSION = 1
@@ -237,10 +237,7 @@ def materialize(name: str, recipe: BuildRecipe) -> Path:
             path=recipe.source,
             expected="a bank file (run fixtures/build_wiki.py to rebuild the demo)",
         )
-    digest = hashlib.sha256()
-    with open(recipe.source, "rb") as handle:
-        while block := handle.read(8 * 1024 * 1024):
-            digest.update(block)
+    digest = hashlib.sha256(file_sha256(recipe.source).encode())
     digest.update(
         json.dumps([RECIPE_VERSION, recipe.windows, recipe.context, recipe.layout]).encode()
     )

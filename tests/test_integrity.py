@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lvmqa.checks import RunOptions, Session, run_check
+from lvmqa.checks import run_check
 from lvmqa.coherence import RowIds, coherence_pass_of_arrays
 from lvmqa.integrity import (
     break_test,
@@ -20,34 +20,10 @@ from lvmqa.integrity import (
     runs_test,
     window_integrity,
 )
-from lvmqa.registry import DatasetEntry, Registry
+from tests.synthetic import file_windows, session_for, unit, walk_articles
 
 
 # ----------------------------------------------------------------------- builders
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def walk_articles(
-    rng: np.random.Generator, lengths: list[int], dim: int, step: float = 0.7
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Articles as random walks on the sphere (next = normalise(prev + noise))."""
-    vectors, article, chunk = [], [], []
-    for a, length in enumerate(lengths):
-        v = unit(rng.standard_normal(dim))
-        for c in range(length):
-            vectors.append(v)
-            article.append(a)
-            chunk.append(c)
-            v = unit(v + step * rng.standard_normal(dim) / np.sqrt(dim))
-    return np.array(vectors, dtype=np.float32), np.array(article), np.array(chunk)
-
-
-def file_windows(rows: np.ndarray, c: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    n = len(rows) - c
-    return np.stack([rows[j : j + n] for j in range(c)], axis=1), rows[c:]
-
-
 def ingestion_order(article: np.ndarray, batch: int, burst: int = 1) -> np.ndarray:
     """Rows ordered by ingestion: ``batch`` articles at a time, round-robin, ``burst``
     chunks per turn, the way parallel workers interleave insertions (the 790k defect)."""
@@ -74,19 +50,6 @@ def bank_arrays(rows: np.ndarray, article: np.ndarray, chunk: np.ndarray) -> dic
         ),
         "article_titles": np.array([f"Title {a}" for a in article], dtype=object),
     }
-
-
-def session_for(
-    tmp_path: Path,
-    files: dict[str, dict[str, Any]],
-    entries: dict[str, dict[str, Any]] | None = None,
-) -> Session:
-    datasets = {}
-    for name, arrays in files.items():
-        path = tmp_path / f"{name}.npz"
-        np.savez(path, **arrays)
-        datasets[name] = DatasetEntry(name, path, **(entries or {}).get(name, {}))
-    return Session(Registry(None, {}, datasets), RunOptions(debug=True))
 
 
 def ids_of(article: list[int], chunk: list[int]) -> RowIds:
