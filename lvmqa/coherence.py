@@ -25,10 +25,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import threadpool_limits
 
 from lvmqa.errors import CheckSkipped, LvmqaError
 from lvmqa.progress import Task
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from lvmqa.checks import CheckContext
-    from lvmqa.io import Dataset
+    from lvmqa.io import Chunk, Dataset
 
 T = TypeVar("T")
 
@@ -117,7 +119,7 @@ class CoherencePass:
     def last_context_to_target(self) -> np.ndarray:
         return self.position_cosines[:, -1]
 
-    @property
+    @cached_property
     def sliding_window_share(self) -> float:
         """Share of windows (from row C on) whose contexts are exactly the C previous
         targets: the windows were built by sliding over the rows in file order."""
@@ -146,7 +148,18 @@ class CoherencePass:
 
 
 class CoherenceAccumulator:
-    """Builds a :class:`CoherencePass` from consecutive row blocks of any size."""
+    """Builds a :class:`CoherencePass` from consecutive row blocks of any size.
+
+    Per block, the work is arranged so that the (N, C, D) data is touched as little as
+    possible, because on a cached file the pass is bound by memory traffic, not flops:
+
+    * targets are processed in sub-blocks of CACHE_ROWS rows that stay in the CPU cache
+      while one batched matrix product gives every row's dot products with itself and
+      its K predecessors (norms and all lags at once);
+    * contexts are only *identified* (projections of three 64-byte segments per vector
+      compared with those of the earlier targets); their cosines are derived from the lags
+      when a window slides over the rows, and computed from the vectors otherwise.
+    """
 
     def __init__(self, n: int, context_length: int, dim: int, *, max_lag: int = MAX_LAG) -> None:
         if n < 0 or context_length < 1 or dim < 1:
@@ -164,19 +177,26 @@ class CoherenceAccumulator:
         self.invalid_context_vectors = 0
         self._target_sum = np.zeros(dim, dtype=np.float64)
         self._valid_targets = 0
-        # The last K targets (raw) and their norms, carried across blocks; NaN = no row.
-        self._prev = np.full((self.k, dim), np.nan, dtype=np.float32)
-        self._prev_norm = np.full(self.k, np.nan, dtype=np.float32)
         self._target_valid = np.zeros(n, dtype=bool)
         self._segments = _identity_segments(dim)
+        width = sum(seg.stop - seg.start for seg in self._segments)
         self._proj = (
-            np.random.default_rng(IDENTITY_SEED)
-            .standard_normal((len(self._segments), self._segments[0].stop, 2))
-            .astype(np.float32)
+            np.random.default_rng(IDENTITY_SEED).standard_normal((width, 2)).astype(np.float32)
         )
+        # The last K targets (raw), their norms and identity projections, carried across
+        # blocks; NaN stands for "no row" (before row 0).
+        self._prev = np.full((self.k, dim), np.nan, dtype=np.float32)
+        self._prev_norm = np.full(self.k, np.nan, dtype=np.float32)
         self._prev_hash = np.full((self.k, 2), np.nan, dtype=np.float32)
 
-    def add(self, contexts: np.ndarray, targets: np.ndarray) -> None:
+    def add(
+        self,
+        contexts: np.ndarray,
+        targets: np.ndarray,
+        hashes: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Add the next block of rows; ``hashes`` = :meth:`identity_hashes` of the block,
+        when computed beforehand (e.g. in the thread that reads the blocks)."""
         m = len(targets)
         if m == 0:
             return
@@ -188,81 +208,108 @@ class CoherenceAccumulator:
                 f"block shapes {contexts.shape} / {targets.shape} do not match "
                 f"(k, {self.c}, {self.dim}) / (k, {self.dim})"
             )
-        t = np.ascontiguousarray(targets, dtype=np.float32)
+        t = _aligned(targets)
+        # Contexts may stay unaligned (a map at an odd file offset): only the rows
+        # computed from their vectors are copied, see _context_cosines.
         x = np.ascontiguousarray(contexts, dtype=np.float32)
-        t_norm = _safe_norms(np.einsum("nd,nd->n", t, t))
-        self._target_valid[s:e] = np.isfinite(t_norm)
-        # Row g of ``ext`` + K is target g of this block; the first K rows are carried over.
-        ext = np.concatenate([self._prev, t])
-        ext_norm = np.concatenate([self._prev_norm, t_norm])
-        before = sliding_window_view(ext, self.k + 1, axis=0).transpose(0, 2, 1)
-        before_norm = sliding_window_view(ext_norm, self.k + 1)[:, : self.k]
-        self._identify_contexts(s, x, t)
-        # Sub-blocks small enough to stay in cache while several quantities re-read them.
+        # Index K + g of the ``*_ext`` arrays is target g of this block; the first K
+        # entries are the carried-over previous rows.
+        norm_ext = np.concatenate([self._prev_norm, np.empty(m, dtype=np.float32)])
         for a in range(0, m, CACHE_ROWS):
             b = min(a + CACHE_ROWS, m)
-            self._add_lags(s + a, t[a:b], t_norm[a:b], before[a:b], before_norm[a:b])
+            self._add_lags(s, a, b, t, norm_ext)
+        self._target_valid[s:e] = np.isfinite(norm_ext[self.k :])
+        self._identify_contexts(s, hashes or self.identity_hashes(x, t))
         # A window whose contexts are the previous targets (sliding windows) has all its
         # context cosines among the lag cosines already computed; only the others are
         # computed from the context vectors.
         known = self.identity[s:e].all(axis=1)
         self._derive_context_cosines(s + np.flatnonzero(known))
         rest = np.flatnonzero(~known)
+        t_norm = norm_ext[self.k :]
         for a in range(0, rest.size, CACHE_ROWS):
             idx = rest[a : a + CACHE_ROWS]
             if idx.size == idx[-1] - idx[0] + 1:  # contiguous: views, no copies
                 part = slice(int(idx[0]), int(idx[-1]) + 1)
-                self._context_cosines(s + idx, x[part], t[part], t_norm[part])
+                self._context_cosines(s + idx, _aligned(x[part]), t[part], t_norm[part])
             else:
                 self._context_cosines(s + idx, x[idx], t[idx], t_norm[idx])
-        self._prev = ext[-self.k :].copy()
-        self._prev_norm = ext_norm[-self.k :].copy()
+        if m >= self.k:
+            self._prev = t[-self.k :].copy()
+        else:
+            self._prev = np.concatenate([self._prev[m:], t])
+        self._prev_norm = norm_ext[-self.k :].copy()
         self.rows_seen = e
 
-    def _identify_contexts(self, s: int, x: np.ndarray, t: np.ndarray) -> None:
+    def _add_lags(self, s: int, a: int, b: int, t: np.ndarray, norm_ext: np.ndarray) -> None:
+        """Norms, lag cosines and the normalised sum of targets ``a:b`` of the block.
+
+        One batched product gives dot(target g - i, target g) for i = K..0 (i = 0: the
+        squared norm); ``norm_ext`` receives the norms of rows a:b.
+        """
+        k = self.k
+        # Rows g - K .. g for every g in a:b: a view of the block, except at its start,
+        # where the carried rows are prepended (a copy of at most K + CACHE_ROWS rows).
+        rows = t[a - k : b] if a >= k else np.concatenate([self._prev[a:], t[:b]])
+        windows = sliding_window_view(rows, k + 1, axis=0).transpose(0, 2, 1)
+        sub = t[a:b]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            dots = np.matmul(windows, sub[:, :, None])[..., 0]  # (b - a, K + 1)
+            norms = _safe_norms(dots[:, k])
+            norm_ext[k + a : k + b] = norms
+            before_norm = sliding_window_view(norm_ext[a : k + b], k + 1)[:, :k]
+            self.lag[s + a : s + b] = (dots[:, :k] / (before_norm * norms[:, None]))[:, ::-1]
+            bad = np.isnan(norms)
+            weights = np.where(bad, np.float32(0), 1 / np.where(bad, np.float32(1), norms))
+            clean = np.where(bad[:, None], np.float32(0), sub) if bad.any() else sub
+            self._target_sum += (weights @ clean).astype(np.float64)
+        n_bad = int(bad.sum())
+        self.invalid_targets += n_bad
+        self._valid_targets += len(sub) - n_bad
+
+    def identity_hashes(
+        self, contexts: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(m, 2) target and (m, C, 2) context projections that identify vectors.
+
+        Depends on the block alone and changes no state, so it may run in another
+        thread while the previous block is being added.
+        """
+        m = len(targets)
+        x = np.ascontiguousarray(contexts, dtype=np.float32).reshape(m * self.c, self.dim)
+        ht = self._hash(np.ascontiguousarray(targets, dtype=np.float32))
+        return ht, self._hash(x).reshape(m, self.c, 2)
+
+    def _identify_contexts(self, s: int, hashes: tuple[np.ndarray, np.ndarray]) -> None:
         """Mark context j of window g when it is the vector of target g - C + j.
 
-        Vectors are compared through two fixed random projections of three short
-        segments (start, middle, end: cheap, no second trip over the rows). Equal vectors
-        agree exactly; distinct embeddings, or a re-encoded, re-rounded or perturbed copy,
-        disagree by far more than the 1e-5 relative tolerance.
+        Vectors are compared through two fixed random projections of three 16-float
+        segments (start, middle, end). Equal vectors agree exactly; distinct embeddings,
+        or a re-encoded, re-rounded or perturbed copy, disagree by far more than the
+        1e-5 relative tolerance (which only absorbs BLAS rounding). Reading three cache
+        lines of a context vector instead of all 48 is what keeps the pass near the
+        speed of a plain read. Zero and non-finite vectors are never identified.
         """
-        e = s + len(t)
-        ht, hx = self._hash(t), self._hash(x)  # (m, 2), (m, C, 2)
+        ht, hx = hashes
+        m = len(ht)
         ext = np.concatenate([self._prev_hash, ht])
-        earlier = sliding_window_view(ext, self.k, axis=0)[: len(t)].transpose(0, 2, 1)
-        earlier = earlier[:, self.k - self.c :, :]  # row g - C + j for context j
+        # Window g's earlier rows g - K .. g - 1 are entries g .. g + K - 1 of ``ext``;
+        # the last C of them are the candidates for contexts 0 .. C-1.
+        earlier = sliding_window_view(ext, self.k, axis=0)[:m].transpose(0, 2, 1)
+        earlier = earlier[:, self.k - self.c :, :]
         with np.errstate(invalid="ignore"):
-            scale = np.abs(earlier).max(axis=-1)
-            same = (np.abs(hx - earlier) <= IDENTITY_RTOL * scale[..., None]).all(axis=-1)
-        self.identity[s:e] = same & (scale > 0)
+            scale = np.maximum(np.abs(earlier[..., 0]), np.abs(earlier[..., 1]))
+            tolerance = IDENTITY_RTOL * scale
+            same = (np.abs(hx[..., 0] - earlier[..., 0]) <= tolerance) & (
+                np.abs(hx[..., 1] - earlier[..., 1]) <= tolerance
+            )
+        self.identity[s : s + m] = same & (scale > 0)
         self._prev_hash = ext[-self.k :].copy()
 
-    def _hash(self, v: np.ndarray) -> np.ndarray:
+    def _hash(self, rows: np.ndarray) -> np.ndarray:
+        """(M, 2) projections of the identity segments of (M, D) float32 rows."""
         with np.errstate(invalid="ignore", over="ignore"):
-            out = v[..., self._segments[0]] @ self._proj[0]
-            for segment, proj in zip(self._segments[1:], self._proj[1:], strict=True):
-                out += v[..., segment] @ proj
-        return out
-
-    def _add_lags(
-        self,
-        s: int,
-        t: np.ndarray,
-        t_norm: np.ndarray,
-        before: np.ndarray,
-        before_norm: np.ndarray,
-    ) -> None:
-        e = s + len(t)
-        t_bad = np.isnan(t_norm)
-        self.invalid_targets += int(t_bad.sum())
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            dots = np.matmul(before[:, : self.k, :], t[:, :, None])[..., 0]
-            self.lag[s:e] = (dots / (before_norm * t_norm[:, None]))[:, ::-1]  # col k-1 = lag k
-            weights = np.where(t_bad, 0.0, 1.0 / np.where(t_bad, 1.0, t_norm)).astype(np.float32)
-            clean = np.where(t_bad[:, None], np.float32(0), t) if t_bad.any() else t
-            self._target_sum += np.einsum("n,nd->d", weights, clean).astype(np.float64)
-        self._valid_targets += int((~t_bad).sum())
+            return _segment_values(rows, self._segments) @ self._proj
 
     def _derive_context_cosines(self, rows: np.ndarray) -> None:
         """Context cosines of sliding windows: context j of window g is target g - C + j."""
@@ -304,13 +351,51 @@ class CoherenceAccumulator:
         )
 
 
+def _aligned(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as a C-contiguous, aligned float32 array (a copy only where needed).
+
+    BLAS refuses unaligned data, and numpy's fallback loops are several times slower.
+    """
+    out = np.ascontiguousarray(rows, dtype=np.float32)
+    return out if out.flags.aligned else out.copy()
+
+
 def _identity_segments(dim: int) -> list[slice]:
-    """Start, middle and end segments of a vector (the whole of a short one)."""
+    """Start, middle and end segments of a vector (the whole of a short one).
+
+    Starts are multiples of the segment width where the dimension allows it, so that
+    each segment of a float32 row is one aligned 64-byte cache line.
+    """
     w = IDENTITY_SEGMENT
     if dim < 3 * w:
         return [slice(0, dim)]
-    mid = dim // 2 - w // 2
+    mid = (dim // 2) // w * w
     return [slice(0, w), slice(mid, mid + w), slice(dim - w, dim)]
+
+
+def _segment_values(rows: np.ndarray, segments: list[slice]) -> np.ndarray:
+    """The ``segments`` of each row of a C-contiguous float32 (M, D) array, side by side.
+
+    When every segment is 16 floats at a multiple of 16, each is copied as one 64-byte
+    item per row: one strided copy, not a loop of 16-float copies over the rows.
+    """
+    line = IDENTITY_SEGMENT
+    aligned = rows.shape[1] % line == 0 and all(
+        seg.start % line == 0 and seg.stop - seg.start == line for seg in segments
+    )
+    if aligned and rows.flags.c_contiguous and rows.dtype == np.float32:
+        lines = rows.view(np.dtype(f"V{4 * line}"))  # (M, D / 16): an item per segment slot
+        out = np.empty((len(rows), len(segments)), dtype=lines.dtype)
+        for i, seg in enumerate(segments):
+            out[:, i] = lines[:, seg.start // line]
+        return out.view(np.float32)
+    width = sum(seg.stop - seg.start for seg in segments)
+    floats = np.empty((len(rows), width), dtype=np.float32)
+    at = 0
+    for seg in segments:
+        floats[:, at : at + seg.stop - seg.start] = rows[:, seg]
+        at += seg.stop - seg.start
+    return floats
 
 
 def _safe_norms(squared: np.ndarray) -> np.ndarray:
@@ -348,17 +433,29 @@ def stream_coherence_pass(
     # waiting in the queue and the one being read, so the ring needs PREFETCH + 2 slots.
     # acc.add keeps no reference to a block's arrays after it returns.
     chunks = dataset.iter_chunks(rows, reuse=PREFETCH + 2)
-    for chunk in _prefetched(chunks, depth=PREFETCH):
-        if chunk.start != acc.rows_seen:
-            raise LvmqaError(
-                "chunks arrived out of order",
-                path=dataset.path,
-                expected=f"row {acc.rows_seen}",
-                found=f"row {chunk.start}",
-            )
-        acc.add(chunk.contexts, chunk.targets)
-        if progress is not None:
-            progress(acc.rows_seen, dataset.n)
+
+    def hashed() -> Iterator[tuple[Chunk, tuple[np.ndarray, np.ndarray]]]:
+        # The reading thread also hashes each block for the identification of contexts:
+        # it is the only part of the work that reads the contexts, and it balances the
+        # two cores (mapping + hashing there, lags and statistics here).
+        for chunk in chunks:
+            yield chunk, acc.identity_hashes(chunk.contexts, chunk.targets)
+
+    # The pass already keeps both cores busy; a multi-threaded BLAS would add threads
+    # that spin between the many small products and take the cores from the others
+    # (measured: the pass 1.4x slower with OpenBLAS at 2 threads on 2 cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for chunk, hashes in _prefetched(hashed(), depth=PREFETCH):
+            if chunk.start != acc.rows_seen:
+                raise LvmqaError(
+                    "chunks arrived out of order",
+                    path=dataset.path,
+                    expected=f"row {acc.rows_seen}",
+                    found=f"row {chunk.start}",
+                )
+            acc.add(chunk.contexts, chunk.targets, hashes)
+            if progress is not None:
+                progress(acc.rows_seen, dataset.n)
     return acc.finish()
 
 
@@ -446,10 +543,23 @@ class CosineSummary:
 
 def cosine_histogram(values: np.ndarray) -> np.ndarray:
     """Counts in the seed's bins; below -0.2 go to the first bin, >= 1.0 to the last."""
-    finite = values[np.isfinite(values)].astype(np.float64)
-    idx = np.searchsorted(HIST_EDGES, finite, side="right") - 1
-    idx = np.clip(idx, 0, len(HIST_EDGES) - 2)
-    return np.bincount(idx, minlength=len(HIST_EDGES) - 1).astype(np.int64)
+    finite = np.asarray(values).reshape(-1)
+    finite = finite[np.isfinite(finite)]
+    # The bin of v is the number of inner edges <= v; counting v >= edge for each edge
+    # needs no index array. Comparing float32 values with the float32 ceilings of the
+    # edges is exact and needs no float64 copy of the data.
+    inner = HIST_EDGES[1:-1]
+    edges = inner if finite.dtype != np.float32 else _float32_ceilings(inner)
+    at_least = [finite.size, *(np.count_nonzero(finite >= edge) for edge in edges), 0]
+    return -np.diff(np.asarray(at_least, dtype=np.int64))
+
+
+def _float32_ceilings(edges: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= each edge: for float32 v, v >= edge <=> v >= ceiling."""
+    rounded = edges.astype(np.float32)
+    low = rounded.astype(np.float64) < edges
+    rounded[low] = np.nextafter(rounded[low], np.float32(np.inf))
+    return rounded
 
 
 def histogram_labels() -> list[str]:
@@ -465,9 +575,16 @@ def histogram_labels() -> list[str]:
 
 
 def summarize_cosines(values: np.ndarray, low_threshold: float) -> CosineSummary:
+    """Mean, std, percentiles, low share and histogram of the finite values.
+
+    Float32 input is summarised without float64 copies (sums accumulate in float64,
+    comparisons use exact float32 ceilings, percentiles interpolate order statistics
+    in float64), because on millions of values fresh memory costs more than the math.
+    """
     values = np.asarray(values).reshape(-1)
-    finite_mask = np.isfinite(values)
-    finite = values[finite_mask].astype(np.float64)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    finite = values[np.isfinite(values)]
     excluded = int(values.size - finite.size)
     if finite.size == 0:
         nan = float("nan")
@@ -481,24 +598,54 @@ def summarize_cosines(values: np.ndarray, low_threshold: float) -> CosineSummary
             low_threshold,
             np.zeros(len(HIST_EDGES) - 1, dtype=np.int64),
         )
-    pct = np.percentile(finite, PERCENTILES)
+    n = finite.size
+    mean = float(np.sum(finite, dtype=np.float64)) / n
+    mean_square = float(np.einsum("i,i->", finite, finite, dtype=np.float64)) / n
+    std = math.sqrt(max(mean_square - mean * mean, 0.0))
+    threshold = np.float64(low_threshold)
+    if finite.dtype == np.float32:
+        threshold = _float32_ceilings(np.array([low_threshold]))[0]
+    low_share = np.count_nonzero(finite < threshold) / n
+    histogram = cosine_histogram(finite)  # before the partition below reorders ``finite``
     return CosineSummary(
-        n=int(finite.size),
+        n=n,
         n_excluded=excluded,
-        mean=float(finite.mean()),
-        std=float(finite.std()),
-        percentiles={q: float(v) for q, v in zip(PERCENTILES, pct, strict=True)},
-        low_share=float((finite < low_threshold).mean()),
+        mean=mean,
+        std=std,
+        percentiles=dict(zip(PERCENTILES, _percentiles(finite, PERCENTILES), strict=True)),
+        low_share=float(low_share),
         low_threshold=low_threshold,
-        histogram=cosine_histogram(finite),
+        histogram=histogram,
     )
+
+
+def _percentiles(scratch: np.ndarray, qs: tuple[int, ...]) -> list[float]:
+    """numpy's default (linear) percentiles of a 1-D array, which is reordered in place."""
+    n = scratch.size
+    position = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    scratch.partition(np.unique(np.concatenate([below, above])))
+    lo = scratch[below].astype(np.float64)
+    hi = scratch[above].astype(np.float64)
+    return [float(v) for v in lo + (hi - lo) * (position - below)]
 
 
 def column_means(values: np.ndarray) -> np.ndarray:
     """NaN-excluding mean of each column (NaN for an all-NaN column), without warnings."""
-    valid = np.isfinite(values)
-    sums = np.where(valid, values, 0.0).sum(axis=0, dtype=np.float64)
-    counts = valid.sum(axis=0)
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] <= 64 and values.shape[0] > 4 * values.shape[1]:
+        # A few long columns: one masked reduction each, no copy of the table.
+        sums = np.empty(values.shape[1])
+        counts = np.empty(values.shape[1])
+        for j in range(values.shape[1]):
+            valid = np.isfinite(values[:, j])
+            sums[j] = np.sum(values[:, j], where=valid, dtype=np.float64)
+            counts[j] = np.count_nonzero(valid)
+    else:
+        valid = np.isfinite(values)
+        sums = np.where(valid, values, 0.0).sum(axis=0, dtype=np.float64)
+        counts = valid.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
@@ -535,36 +682,62 @@ def block_length(values: np.ndarray, *, max_lag: int = 5000) -> int:
 
 
 def block_bootstrap_means(
-    series: np.ndarray, block: int, reps: int, rng: np.random.Generator, *, batch: int = 64
+    series: np.ndarray, block: int, reps: int, rng: np.random.Generator
 ) -> np.ndarray:
     """(reps, s) bootstrap means of the columns of ``series`` (n, s) or (n,), NaNs excluded.
 
     Moving-block bootstrap: ceil(n / block) blocks of consecutive rows, starts drawn
     uniformly; rows are resampled together, so the columns keep their dependence.
     """
-    x = np.asarray(series, dtype=np.float64)
+    x = np.asarray(series)
     x = x.reshape(len(x), -1)
     n, s = x.shape
     if n == 0:
         return np.full((reps, s), np.nan)
-    valid = np.isfinite(x)
-    # Prefix sums along rows, computed on the transposed views: a cumsum down the
-    # columns of a C-order (n, s) array strides through memory and is twice as slow.
-    sums = np.zeros((n + 1, s))
-    np.cumsum(np.where(valid, x, 0.0).T, axis=1, out=sums[1:].T)
-    counts = np.zeros((n + 1, s))
-    np.cumsum(valid.T, axis=1, dtype=np.float64, out=counts[1:].T)
     length = int(min(max(block, 1), n))
     n_blocks = math.ceil(n / length)
+    sums, counts = _window_sums(x, length)
+    # The (reps, blocks, s) gather is taken a few reps at a time (~2 MB, in cache), with
+    # np.take: for whole rows it is several times faster than fancy indexing.
+    batch = max(1, min(reps, (2 << 20) // (8 * s * n_blocks)))
     out = np.empty((reps, s))
     for first in range(0, reps, batch):
         k = min(batch, reps - first)
         starts = rng.integers(0, n - length + 1, size=(k, n_blocks))
-        total = (sums[starts + length] - sums[starts]).sum(axis=1)
-        count = (counts[starts + length] - counts[starts]).sum(axis=1)
+        total = np.take(sums, starts, axis=0).sum(axis=1)
+        if counts is None:
+            count = np.full((k, s), float(n_blocks * length))
+        else:
+            count = np.take(counts, starts, axis=0).sum(axis=1, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[first : first + k] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
+
+
+def _window_sums(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sum and count of the finite values of every ``length``-row window of each column.
+
+    Returns (n - length + 1, s) float64 sums and int32 counts (None when every value is
+    finite), built column by column from float64 prefix sums.
+    """
+    n, s = x.shape
+    sums = np.empty((n - length + 1, s))
+    counts: np.ndarray | None = None
+    prefix = np.zeros(n + 1)
+    for j in range(s):
+        column = x[:, j]
+        valid = np.isfinite(column)
+        all_valid = bool(valid.all())
+        filled = column if all_valid else np.where(valid, column, 0)
+        np.cumsum(filled, dtype=np.float64, out=prefix[1:])
+        np.subtract(prefix[length:], prefix[:-length], out=sums[:, j])
+        if not all_valid:
+            if counts is None:
+                counts = np.full((n - length + 1, s), length, dtype=np.int32)
+            valid_prefix = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(valid, dtype=np.int32, out=valid_prefix[1:])
+            np.subtract(valid_prefix[length:], valid_prefix[:-length], out=counts[:, j])
+    return sums, counts
 
 
 def percentile_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:

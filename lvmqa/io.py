@@ -14,7 +14,7 @@ Formats and key aliases follow ``../shared/origin-notes.md``:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,10 @@ META_COLUMNS = {
     "context_articles_differ": "boolean",
     "context_chunks_consecutive": "boolean",
 }
+
+
+# Rows start:stop of a member as float32 (``slot``: the ring buffer to read them into).
+RowReader = Callable[[int, int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -550,22 +554,35 @@ class Dataset:
     def _iter_chunks_in_ring(
         self, step: int, ring: int, contexts: Member, targets: Member
     ) -> Iterator[Chunk]:
-        """The ``reuse`` chunks: mapped float32 rows, else a ring of ``ring`` buffers."""
-        if all(m.reads_in_place and m.dtype == np.float32 for m in (contexts, targets)):
-            for start in range(0, self.n, step):
-                stop = min(start + step, self.n)
-                ctx = contexts.rows_mapped(start, stop)
-                yield Chunk(start, stop, ctx, targets.rows_mapped(start, stop))
-            return
+        """The ``reuse`` chunks: each member mapped or read into a ring of ``ring`` buffers.
+
+        float32 contexts stored in place are mapped even at an unaligned offset: a
+        consumer of sliding windows reads only a few cache lines of each context vector
+        (see lvmqa.coherence). Targets are mapped only when aligned, because every byte
+        of them goes through BLAS; otherwise they are read (one copy, in the caller's
+        prefetch thread) into the ring.
+        """
         step = min(step, self.n)
-        shape = (step, self.context_length, self.dim)
-        context_ring = [np.empty(shape, dtype=np.float32) for _ in range(ring)]
-        target_ring = [np.empty((step, self.dim), dtype=np.float32) for _ in range(ring)]
+
+        def rows_of(member: Member, row_shape: tuple[int, ...], mapped: bool) -> RowReader:
+            if mapped:
+                return lambda start, stop, _slot: member.rows_mapped(start, stop)
+            buffers = [np.empty((step, *row_shape), dtype=np.float32) for _ in range(ring)]
+
+            def read(start: int, stop: int, slot: int) -> np.ndarray:
+                return member.rows_into(start, buffers[slot][: stop - start])
+
+            return read
+
+        def mappable(member: Member) -> bool:
+            return member.reads_in_place and member.dtype == np.float32
+
+        read_contexts = rows_of(contexts, (self.context_length, self.dim), mappable(contexts))
+        read_targets = rows_of(targets, (self.dim,), mappable(targets) and targets.maps_aligned)
         for i, start in enumerate(range(0, self.n, step)):
             stop = min(start + step, self.n)
-            slot = i % ring
-            ctx = contexts.rows_into(start, context_ring[slot][: stop - start])
-            tgt = targets.rows_into(start, target_ring[slot][: stop - start])
+            ctx = read_contexts(start, stop, i % ring)
+            tgt = read_targets(start, stop, i % ring)
             ctx.flags.writeable = tgt.flags.writeable = False  # same contract as the maps
             yield Chunk(start, stop, ctx, tgt)
 

@@ -237,6 +237,18 @@ class Member:
         """True when row ranges are read straight from the file (C order, numeric)."""
         return not (self._array is not None or self.header.fortran_order or self.dtype.hasobject)
 
+    @property
+    def maps_aligned(self) -> bool:
+        """True when a memory map of the rows is aligned for the dtype.
+
+        Members of an npz archive start wherever the zip headers end (numpy aligns the
+        .npy header to 64 bytes within the member, not within the archive), so a float32
+        member is often at an odd byte offset. numpy flags such maps as unaligned and
+        falls back from BLAS to loops several times slower; they are read, not mapped,
+        where the consumer multiplies them.
+        """
+        return self.reads_in_place and self._data_offset % self.dtype.alignment == 0
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """A fresh array with rows ``start:stop`` (read with pread, no lasting mapping)."""
         if not self.reads_in_place:

@@ -1,0 +1,253 @@
+"""The coherence pass's fast paths give the answers of their plain definitions.
+
+Each fast path (float32 summaries, gathered block bootstrap, segment identity, mapped
+members at odd offsets, blockwise window verdicts) is checked against a direct,
+obviously correct computation of the same quantity.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from lvmqa.coherence import (
+    HIST_EDGES,
+    PERCENTILES,
+    CoherenceAccumulator,
+    RowIds,
+    block_bootstrap_means,
+    coherence_pass_of_arrays,
+    column_means,
+    stream_coherence_pass,
+    summarize_cosines,
+)
+from lvmqa.integrity import window_integrity
+from lvmqa.io import open_dataset
+from tests.synthetic import file_windows, walk_articles
+
+
+# ------------------------------------------------------------- float32 summaries
+def reference_summary(values: np.ndarray, low: float) -> dict[str, object]:
+    """The definitions, in float64, with numpy's own percentile and a bin search."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    idx = np.clip(np.searchsorted(HIST_EDGES, finite, side="right") - 1, 0, 11)
+    return {
+        "n": finite.size,
+        "mean": finite.mean(),
+        "std": finite.std(),
+        "low_share": float((finite < low).mean()),
+        "histogram": np.bincount(idx, minlength=12),
+        "percentiles": np.percentile(finite, PERCENTILES),
+    }
+
+
+# Cosines, the bin edges and their float32 neighbours (where rounding could misplace a
+# value), the low thresholds' neighbours, NaN and values outside [-0.2, 1.0].
+EDGE_NEIGHBOURS = [
+    float(v)
+    for e in [*HIST_EDGES, 0.3, 0.7]
+    for v in (
+        np.float32(e),  # 0.7, 0.9 and -0.1 round below the edge, the others above
+        np.nextafter(np.float32(e), np.float32(-np.inf)),
+        np.nextafter(np.float32(e), np.float32(np.inf)),
+    )
+]
+cosines = st.one_of(
+    st.floats(-1.0, 1.0, width=32),
+    st.sampled_from([*EDGE_NEIGHBOURS, float("nan"), -0.9, 1.0]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=arrays(np.float32, st.integers(1, 300), elements=cosines),
+    low=st.sampled_from([0.3, 0.7, 0.1, -0.05]),
+)
+def test_float32_summary_equals_the_float64_definitions(values: np.ndarray, low: float) -> None:
+    ref = reference_summary(values, low)
+    got = summarize_cosines(values, low)
+    assert got.n == ref["n"]
+    if got.n == 0:
+        return
+    np.testing.assert_array_equal(got.histogram, ref["histogram"])  # exact, edges included
+    assert got.low_share == ref["low_share"]  # exact at the threshold's neighbours too
+    assert got.mean == pytest.approx(ref["mean"], abs=1e-12)
+    assert got.std == pytest.approx(ref["std"], abs=1e-6)
+    np.testing.assert_allclose(list(got.percentiles.values()), ref["percentiles"], atol=1e-12)
+
+
+def test_float64_and_float32_summaries_agree() -> None:
+    values = np.random.default_rng(0).uniform(-0.5, 1.0, 10_001)
+    a = summarize_cosines(values, 0.3)
+    b = summarize_cosines(values.astype(np.float32), 0.3)
+    ref = reference_summary(values, 0.3)
+    np.testing.assert_array_equal(a.histogram, ref["histogram"])
+    assert a.low_share == ref["low_share"]
+    assert b.mean == pytest.approx(a.mean, abs=1e-7)
+
+
+def test_column_means_of_few_long_columns_equal_nanmean() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5_000, 6)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[:, 5] = np.nan  # an all-NaN column: NaN, no warning
+    got = column_means(x)
+    np.testing.assert_allclose(got[:5], np.nanmean(x[:, :5].astype(np.float64), axis=0))
+    assert np.isnan(got[5])
+    wide = column_means(x.T)  # many short columns: the other branch
+    with np.errstate(invalid="ignore"):
+        wide_x = x.T.astype(np.float64)
+        expected = np.nansum(wide_x, axis=0) / np.isfinite(wide_x).sum(axis=0)
+    np.testing.assert_allclose(wide, np.where(np.isfinite(x.T).any(axis=0), expected, np.nan))
+
+
+# --------------------------------------------------------------- block bootstrap
+def naive_block_bootstrap(
+    x: np.ndarray, block: int, reps: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Resample whole blocks explicitly and take the NaN-excluding means."""
+    n, s = x.shape
+    n_blocks = math.ceil(n / block)
+    out = np.empty((reps, s))
+    draws: list[np.ndarray] = []
+    batch = max(1, min(reps, (2 << 20) // (8 * s * n_blocks)))  # the same draws, in order
+    for first in range(0, reps, batch):
+        draws.extend(rng.integers(0, n - block + 1, size=(min(batch, reps - first), n_blocks)))
+    for r, starts in enumerate(draws):
+        rows = np.concatenate([x[a : a + block] for a in starts])
+        with np.errstate(invalid="ignore"):
+            out[r] = np.nanmean(rows, axis=0) if np.isfinite(rows).any() else np.nan
+    return out
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("block", [1, 7, 40])
+def test_block_bootstrap_equals_explicit_resampling(with_nan: bool, block: int) -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 3))
+    if with_nan:
+        x[:4, 1] = np.nan  # leading NaNs, like the lag table
+        x[rng.random(300) < 0.1, 2] = np.nan
+    got = block_bootstrap_means(x, block, 30, np.random.default_rng(5))
+    expected = naive_block_bootstrap(x, block, 30, np.random.default_rng(5))
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+# -------------------------------------------------------------- identification
+def test_contexts_differing_in_any_sampled_segment_are_not_identified() -> None:
+    rng = np.random.default_rng(12)
+    rows, _, _ = walk_articles(rng, [40], 768)
+    contexts, targets = file_windows(rows)
+    for column in (3, 390, 760):  # the start, middle and end segments of a 768-D vector
+        changed = contexts.copy()
+        changed[20, 2, column] += np.float32(1e-3)
+        p = coherence_pass_of_arrays(changed, targets)
+        assert not p.context_is_previous_target[20, 2]
+        assert p.context_is_previous_target[20, [0, 1, 3, 4]].all()
+        exact = coherence_pass_of_arrays(changed, targets, block_rows=7)
+        np.testing.assert_allclose(p.position_cosines, exact.position_cosines, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [768, 50, 47, 10])
+def test_identity_is_the_same_with_and_without_the_cache_line_copy(dim: int) -> None:
+    # 768 takes the 64-byte-line path; 50 and 47 the float copies (unaligned / odd); 10
+    # a single whole-vector segment. All identify exactly the sliding contexts.
+    rng = np.random.default_rng(13)
+    rows, _, _ = walk_articles(rng, [30, 25], dim)
+    contexts, targets = file_windows(rows)
+    contexts[7, 1] *= np.float32(1.5)  # a scaled copy is a different vector
+    p = coherence_pass_of_arrays(contexts, targets, block_rows=9)
+    expected = np.ones_like(p.context_is_previous_target)
+    expected[:5] = (np.arange(5)[:, None] - 5 + np.arange(5)[None, :]) >= 0
+    expected[7, 1] = False
+    np.testing.assert_array_equal(p.context_is_previous_target, expected)
+
+
+def test_hashes_from_another_thread_give_the_same_pass() -> None:
+    rng = np.random.default_rng(14)
+    rows, _, _ = walk_articles(rng, [50, 40], 64)
+    contexts, targets = file_windows(rows)
+    plain = coherence_pass_of_arrays(contexts, targets, block_rows=16)
+    acc = CoherenceAccumulator(len(targets), 5, 64)
+    for a in range(0, len(targets), 16):
+        block = (contexts[a : a + 16], targets[a : a + 16])
+        acc.add(*block, acc.identity_hashes(*block))
+    hashed = acc.finish()
+    np.testing.assert_array_equal(hashed.lag_cosines, plain.lag_cosines)
+    np.testing.assert_array_equal(
+        hashed.context_is_previous_target, plain.context_is_previous_target
+    )
+
+
+# ------------------------------------------------------- members at odd offsets
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write_at_offset(path: Path, contexts: np.ndarray, targets: np.ndarray, pad: int) -> None:
+    """An npz whose members start ``pad`` bytes later (a first member's name is longer)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("p" * (1 + pad) + ".npy", npy_bytes(np.zeros(1)))
+        archive.writestr("context_sequences.npy", npy_bytes(contexts))
+        archive.writestr("target_vectors.npy", npy_bytes(targets))
+
+
+def test_unaligned_members_stream_exact_values_into_aligned_targets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    rows, _, _ = walk_articles(rng, [60, 45], 32)
+    contexts, targets = file_windows(rows)
+    whole = coherence_pass_of_arrays(contexts, targets)
+    mapped_aligned = set()
+    for pad in range(4):  # the targets' data offset takes every value mod 4
+        path = tmp_path / f"odd{pad}.npz"
+        write_at_offset(path, contexts, targets, pad)
+        ds = open_dataset(path)
+        seen = []
+        for chunk in ds.iter_chunks(16, reuse=3):
+            assert chunk.targets.flags.aligned  # read into the ring where a map is not
+            mapped_aligned.add(chunk.contexts.flags.aligned)
+            seen.append((chunk.contexts.copy(), chunk.targets.copy()))
+        np.testing.assert_array_equal(np.concatenate([c for c, _ in seen]), contexts)
+        np.testing.assert_array_equal(np.concatenate([t for _, t in seen]), targets)
+        streamed = stream_coherence_pass(ds, rows=16)
+        np.testing.assert_allclose(streamed.lag_cosines, whole.lag_cosines, atol=1e-6)
+        np.testing.assert_array_equal(
+            streamed.context_is_previous_target, whole.context_is_previous_target
+        )
+    assert mapped_aligned == {True, False}  # both kinds of context maps were exercised
+
+
+# ------------------------------------------------------------ window verdicts
+def test_blockwise_window_verdicts_equal_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lvmqa.integrity as integrity
+
+    rng = np.random.default_rng(16)
+    n, c = 500, 5
+    article = np.sort(rng.integers(0, 30, n))
+    chunk = np.concatenate([np.arange((article == a).sum()) for a in np.unique(article)])
+    chunk[rng.random(n) < 0.05] += 3  # skips
+    identity = rng.random((n, c)) < 0.9
+    known = rng.random(n) < 0.95
+    ids = RowIds(article, known, chunk, np.ones(n, bool), None, "file")
+    monkeypatch.setattr(integrity, "WINDOW_BLOCK", 37)
+    got = window_integrity(ids, identity)
+    for g in range(n):
+        rows = [g - c + j for j in range(c)]
+        usable = [identity[g, j] and r >= 0 and known[r] and known[g] for j, r in enumerate(rows)]
+        differs = any(u and article[r] != article[g] for u, r in zip(usable, rows, strict=True))
+        cross = 1.0 if differs else (0.0 if all(usable) else np.nan)
+        assert got.crossing[g] == cross or (np.isnan(cross) and np.isnan(got.crossing[g]))
+        if cross == 0.0:
+            steps = np.diff([*chunk[rows], chunk[g]])
+            assert got.non_consecutive[g] == float((steps != 1).any())
+            assert got.wrong_order[g] == float((steps < 0).any())
