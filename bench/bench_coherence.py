@@ -6,7 +6,9 @@ writer), then times in separate child processes, each after evicting the file fr
 page cache (so both read from disk):
 
 (a) a plain sequential read of the whole file in 64 MB blocks;
-(b) ``coherence`` + ``sequence_integrity`` through the Dataset / CheckContext API.
+(b) ``coherence`` + ``coherence_drift`` + ``sequence_integrity`` through the Dataset /
+    CheckContext API; the drift check compares with a second, smaller clean sample
+    (``<file>-baseline.npz``, 50,000 rows, written beside it), whose pass is timed too.
 
 It reports wall time, peak RSS of each child (``ru_maxrss``) and the ratio (b)/(a).
 The goals: peak RSS < 2 GB and (b) < 2x (a) at N = 726,014 (the 790k file, 13.4 GB).
@@ -16,8 +18,11 @@ more rounds are timed with the file in the page cache and the medians are report
 (the goal applies to both cold and cached files). ``--path FILE`` reuses a file
 written earlier with ``--keep`` (it is then kept).
 
+``--shuffled`` writes the same windows in random order: no window slides over the rows,
+so the pass computes every context cosine from the vectors (its slow path).
+
 Run: ``python bench/bench_coherence.py [--n 726014] [--dir /tmp] [--keep] [--warm]
-[--repeat 3] [--path FILE]``
+[--repeat 3] [--path FILE] [--shuffled]``
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ CONTEXT = 5
 DIM = 768
 ARTICLE_CHUNKS = 30  # rows per synthetic article
 BLOCK_BYTES = 64 * 1024 * 1024
+BASELINE_N = 50_000  # rows of the baseline file the drift check compares against
 
 
 def file_bytes(n: int) -> int:
@@ -68,26 +74,42 @@ def make_bank(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return bank[:rows], article[:rows]
 
 
-def write_sequences(path: Path, n: int) -> None:
-    """File-order windows over the bank (the origin's builder), streamed member by member."""
+def baseline_path(path: Path) -> Path:
+    """The baseline file of a benchmark file: a second, smaller clean sample."""
+    return path.with_name(f"{path.stem}-baseline.npz")
+
+
+def baseline_rows(n: int) -> int:
+    return min(n, BASELINE_N)
+
+
+def write_sequences(path: Path, n: int, *, shuffled: bool = False, seed: int = 0) -> None:
+    """File-order windows over the bank (the origin's builder), streamed member by member.
+
+    ``shuffled`` writes the same windows in a random order (a shuffled training file):
+    no window then slides over the rows, so every context cosine is computed from the
+    context vectors (the pass's slow path).
+    """
     from lvmqa.npzfile import NpzWriter
 
-    bank, article = make_bank(n + CONTEXT)
+    bank, article = make_bank(n + CONTEXT, seed)
     rows = max(1, BLOCK_BYTES // ((CONTEXT + 1) * DIM * 4))
+    order = np.random.default_rng(1).permutation(n) if shuffled else np.arange(n)
+    offsets = np.arange(CONTEXT)
 
     def contexts() -> Iterator[np.ndarray]:
         for s in range(0, n, rows):
-            e = min(s + rows, n)
-            yield np.stack([bank[s + j : e + j] for j in range(CONTEXT)], axis=1)
+            first = order[s : s + rows]
+            yield bank[first[:, None] + offsets[None, :]]
 
     def targets() -> Iterator[np.ndarray]:
         for s in range(0, n, rows):
-            yield bank[CONTEXT + s : CONTEXT + min(s + rows, n)]
+            yield bank[CONTEXT + order[s : s + rows]]
 
     with open(path, "wb") as handle, NpzWriter(handle) as npz:
         npz.write_rows("context_sequences", (n, CONTEXT, DIM), np.dtype(np.float32), contexts())
         npz.write_rows("target_vectors", (n, DIM), np.dtype(np.float32), targets())
-        npz.write_array("article_ids", article[CONTEXT:])
+        npz.write_array("article_ids", article[CONTEXT + order])
         npz.write_array(
             "metadata", np.array({"context_length": CONTEXT, "num_sequences": n}, dtype=object)
         )
@@ -121,24 +143,35 @@ def child_checks(path: Path) -> dict[str, object]:
     from lvmqa.registry import DatasetEntry, Registry
 
     started = time.perf_counter()
-    entry = DatasetEntry("bench", path)
-    session = Session(Registry(None, {}, {"bench": entry}), RunOptions(debug=True))
+    entries = {
+        "bench": DatasetEntry("bench", path, baseline="baseline"),
+        "baseline": DatasetEntry("baseline", baseline_path(path)),
+    }
+    session = Session(Registry(None, {}, entries), RunOptions(debug=True))
     ctx = session.context("bench")
     ds = ctx.dataset
     opened = time.perf_counter()
-    coherence_pass(ctx)
+    sliding_share = coherence_pass(ctx).sliding_window_share
     passed = time.perf_counter()
+    coherence_pass(ctx.baseline())  # the drift check needs the baseline's pass too
+    baseline_passed = time.perf_counter()
     coherence = run_check(ctx, "coherence")
+    drift = run_check(ctx, "coherence_drift")
     integrity = run_check(ctx, "sequence_integrity")
     done = time.perf_counter()
     return {
         "wall_s": done - started,
         "open_s": opened - started,
         "pass_s": passed - opened,
-        "statistics_s": done - passed,
+        "baseline_pass_s": baseline_passed - passed,
+        "statistics_s": done - baseline_passed,
         "n": ds.n,
+        "baseline_n": ctx.baseline().dataset.n,
+        "sliding_window_share": sliding_share,
         "coherence": coherence.status,
         "integrity": integrity.status,
+        "drift": drift.status,
+        "file_order_drift_verdict": drift.metrics.get("file_order_drift_verdict"),
         "file_order_mean": coherence.metrics["file_order_mean"],
         "article_order_mean": coherence.metrics["article_order_mean"],
         "crossing_share": integrity.metrics["crossing_share"],
@@ -146,14 +179,20 @@ def child_checks(path: Path) -> dict[str, object]:
     }
 
 
-def run_child(kind: str, path: Path, n: int = 0) -> dict[str, Any]:
+def run_child(kind: str, path: Path, n: int = 0, *, shuffled: bool = False) -> dict[str, Any]:
     root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": root,
+        "LVMQA_BENCH_N": str(n),
+        "LVMQA_BENCH_SHUFFLED": "1" if shuffled else "0",
+    }
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path)],
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": root, "LVMQA_BENCH_N": str(n)},
+        env=env,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -175,7 +214,13 @@ def peak_rss_mb() -> float:
 
 def child_main(kind: str, path: Path) -> None:
     if kind == "write":
-        write_sequences(path, int(os.environ["LVMQA_BENCH_N"]))
+        shuffled = os.environ.get("LVMQA_BENCH_SHUFFLED") == "1"
+        n = int(os.environ["LVMQA_BENCH_N"])
+        if n:
+            write_sequences(path, n, shuffled=shuffled)
+        # The baseline: a second clean sample of the same source (another seed), in the
+        # same layout, which the drift check must not flag.
+        write_sequences(baseline_path(path), baseline_rows(n or FULL_N), shuffled=shuffled, seed=1)
         print(json.dumps({"written": str(path)}))
         return
     result = child_read(path) if kind == "read" else child_checks(path)
@@ -192,6 +237,9 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="do not evict the page cache")
     parser.add_argument("--repeat", type=int, default=1, help="timed rounds (median reported)")
     parser.add_argument("--path", type=Path, default=None, help="reuse this file (kept)")
+    parser.add_argument(
+        "--shuffled", action="store_true", help="windows in random order (no sliding windows)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -211,16 +259,19 @@ def main() -> None:
                 f"{folder}: {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free; "
                 "use --n to choose a smaller size or --dir for another disk"
             )
-        path, keep = folder / f"lvmqa-bench-{args.n}.npz", args.keep
+        name = f"lvmqa-bench-{args.n}{'-shuffled' if args.shuffled else ''}.npz"
+        path, keep = folder / name, args.keep
     try:
         if args.path is None:
             started = time.perf_counter()
-            run_child("write", path, args.n)  # in a child: the parent stays small
+            run_child("write", path, args.n, shuffled=args.shuffled)  # the parent stays small
             print(
                 f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
                 f"{time.perf_counter() - started:.0f} s",
                 flush=True,
             )
+        elif not baseline_path(path).exists():
+            run_child("write", path, 0, shuffled=args.shuffled)  # the baseline only
         if args.warm:  # one untimed round brings the file into the page cache
             for kind in ("read", "checks"):
                 run_child(kind, path)
@@ -229,6 +280,7 @@ def main() -> None:
             for kind in ("read", "checks"):
                 if not args.warm:
                     evict(path)
+                    evict(baseline_path(path))
                 rounds[kind].append(run_child(kind, path))
                 print(kind, json.dumps(rounds[kind][-1]), flush=True)
 
@@ -238,6 +290,7 @@ def main() -> None:
         checks = rounds["checks"][-1]
         summary = {
             "n": checks["n"],
+            "sliding_window_share": checks["sliding_window_share"],
             "file_gb": path.stat().st_size / 1e9,
             "cache": "warm (cached)" if args.warm else "cold (evicted before each run)",
             "rounds": len(rounds["read"]),
@@ -245,6 +298,9 @@ def main() -> None:
             "checks_s": median("checks", "wall_s"),
             "checks_open_s": median("checks", "open_s"),
             "checks_pass_s": median("checks", "pass_s"),
+            "checks_baseline_pass_s": median("checks", "baseline_pass_s"),
+            "baseline_n": checks["baseline_n"],
+            "file_order_drift_verdict": checks["file_order_drift_verdict"],
             "checks_statistics_s": median("checks", "statistics_s"),
             "ratio": statistics.median(
                 float(c["wall_s"]) / float(r["wall_s"])
@@ -258,6 +314,7 @@ def main() -> None:
     finally:
         if not keep:
             path.unlink(missing_ok=True)
+            baseline_path(path).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

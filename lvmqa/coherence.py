@@ -54,6 +54,12 @@ DEFAULT_LOW_COHERENCE = 0.30
 DEFAULT_DRIFT_MEAN_PCT = -5.0
 DEFAULT_DRIFT_LOW_SHARE_PP = 5.0
 BOOTSTRAP_REPS = 1000
+# Block lengths of longer series come from evenly spaced stretches; see block_length.
+ACF_FULL_MAX = 1 << 19
+ACF_SEGMENT = 1 << 15
+ACF_SEGMENTS = 16
+MAX_BLOCKS = 4096  # blocks per bootstrap resample, at most (see block_length)
+BOOTSTRAP_GRID_MIN = 1 << 19  # longer series draw block starts on a grid
 CI_LEVEL = 0.95
 # Contexts are matched to earlier target rows through projections of three short
 # segments of each vector; see CoherenceAccumulator._identify_contexts.
@@ -96,6 +102,7 @@ class CoherencePass:
     invalid_context_vectors: int
     normalised_target_sum: np.ndarray
     valid_targets: int
+    target_norms: np.ndarray  # float32, NaN for zero / non-finite targets
 
     @property
     def max_lag(self) -> int:
@@ -177,7 +184,7 @@ class CoherenceAccumulator:
         self.invalid_context_vectors = 0
         self._target_sum = np.zeros(dim, dtype=np.float64)
         self._valid_targets = 0
-        self._target_valid = np.zeros(n, dtype=bool)
+        self._target_norms = np.full(n, np.nan, dtype=np.float32)
         self._segments = _identity_segments(dim)
         width = sum(seg.stop - seg.start for seg in self._segments)
         self._proj = (
@@ -218,7 +225,7 @@ class CoherenceAccumulator:
         for a in range(0, m, CACHE_ROWS):
             b = min(a + CACHE_ROWS, m)
             self._add_lags(s, a, b, t, norm_ext)
-        self._target_valid[s:e] = np.isfinite(norm_ext[self.k :])
+        self._target_norms[s:e] = norm_ext[self.k :]
         self._identify_contexts(s, hashes or self.identity_hashes(x, t))
         # A window whose contexts are the previous targets (sliding windows) has all its
         # context cosines among the lag cosines already computed; only the others are
@@ -320,7 +327,7 @@ class CoherenceAccumulator:
         if c > 1:
             self.step[rows] = self.lag[rows[:, None] - c + 1 + np.arange(c - 1), 0]
         earlier = rows[:, None] - c + np.arange(c)
-        self.invalid_context_vectors += int((~self._target_valid[earlier]).sum())
+        self.invalid_context_vectors += int((np.isnan(self._target_norms[earlier])).sum())
 
     def _context_cosines(
         self, rows: np.ndarray, x: np.ndarray, t: np.ndarray, t_norm: np.ndarray
@@ -347,6 +354,7 @@ class CoherenceAccumulator:
             invalid_targets=self.invalid_targets,
             invalid_context_vectors=self.invalid_context_vectors,
             normalised_target_sum=self._target_sum,
+            target_norms=self._target_norms,
             valid_targets=self._valid_targets,
         )
 
@@ -602,10 +610,7 @@ def summarize_cosines(values: np.ndarray, low_threshold: float) -> CosineSummary
     mean = float(np.sum(finite, dtype=np.float64)) / n
     mean_square = float(np.einsum("i,i->", finite, finite, dtype=np.float64)) / n
     std = math.sqrt(max(mean_square - mean * mean, 0.0))
-    threshold = np.float64(low_threshold)
-    if finite.dtype == np.float32:
-        threshold = _float32_ceilings(np.array([low_threshold]))[0]
-    low_share = np.count_nonzero(finite < threshold) / n
+    low_share = np.count_nonzero(_below(finite, low_threshold)) / n
     histogram = cosine_histogram(finite)  # before the partition below reorders ``finite``
     return CosineSummary(
         n=n,
@@ -657,37 +662,64 @@ def block_length(values: np.ndarray, *, max_lag: int = 5000) -> int:
     Adjacency cosines are autocorrelated: consecutive pairs share a vector and whole
     articles are more or less coherent. Blocks must be longer than that memory, so the
     length is twice the first lag at which the sample autocorrelation is no longer
-    significant (|acf| < 2/sqrt(n)), and at least n^(1/3) (the usual rate), at most n/10
-    (keep >= 10 blocks).
+    significant (|acf| < 2/sqrt(m), m the values it is estimated from), and at least
+    n^(1/3) (the usual rate) and n / MAX_BLOCKS, at most n/10 (keep >= 10 blocks).
+
+    The n / MAX_BLOCKS floor bounds the bootstrap's cost on millions of values (its
+    work is reps x blocks). Blocks longer than the series' memory keep the bootstrap
+    valid; with thousands of blocks its standard error is still estimated to a few %.
+
+    Series longer than ACF_FULL_MAX are estimated from ACF_SEGMENTS evenly spaced
+    stretches of ACF_SEGMENT values (their autocovariances summed): the same lags, a
+    fraction of the FFT work on millions of values, and stretches from the whole file.
     """
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    x = x[np.isfinite(x)]
-    n = x.size
+    flat = np.asarray(values).reshape(-1)
+    finite = flat[np.isfinite(flat)]
+    n = finite.size
     if n < 20:
         return 1
-    x = x - x.mean()
-    var = float(np.dot(x, x))
-    base = math.ceil(n ** (1.0 / 3.0))
-    if var <= 0:
+    base = max(math.ceil(n ** (1.0 / 3.0)), math.ceil(n / MAX_BLOCKS))
+    mean = float(np.sum(finite, dtype=np.float64)) / n
+    if n > ACF_FULL_MAX:
+        starts = np.linspace(0, n - ACF_SEGMENT, ACF_SEGMENTS).astype(np.int64)
+        stretches = [finite[a : a + ACF_SEGMENT] for a in starts]
+    else:
+        stretches = [finite]
+    used = sum(part.size for part in stretches)
+    lags = min(max_lag, min(part.size for part in stretches) // 2)
+    # Zero padding to len + lags keeps the circular correlation exact up to ``lags``
+    # (padding to twice the length, enough for all lags, doubles the FFTs for nothing).
+    size = 1 << math.ceil(math.log2(max(part.size for part in stretches) + lags + 1))
+    cov = np.zeros(lags + 1)
+    for part in stretches:
+        centred = part.astype(np.float64) - mean
+        spectrum = np.fft.rfft(centred, size)
+        cov += np.fft.irfft(spectrum * np.conj(spectrum), size)[: lags + 1]
+    if cov[0] <= 0:
         return min(base, max(1, n // 10))
-    lags = min(max_lag, n // 2)
-    # Zero padding to n + lags keeps the circular correlation exact up to ``lags``
-    # (padding to 2n, enough for all lags, doubles the FFTs for nothing).
-    size = 1 << math.ceil(math.log2(n + lags + 1))
-    spectrum = np.fft.rfft(x, size)
-    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[: lags + 1] / var
-    below = np.flatnonzero(np.abs(acf[1:]) < 2.0 / math.sqrt(n))
+    acf = cov / cov[0]
+    below = np.flatnonzero(np.abs(acf[1:]) < 2.0 / math.sqrt(used))
     memory = int(below[0]) + 1 if below.size else lags
     return int(min(max(base, 2 * memory), max(1, n // 10)))
 
 
 def block_bootstrap_means(
-    series: np.ndarray, block: int, reps: int, rng: np.random.Generator
+    series: np.ndarray,
+    block: int,
+    reps: int,
+    rng: np.random.Generator,
+    *,
+    start_step: int | None = None,
 ) -> np.ndarray:
     """(reps, s) bootstrap means of the columns of ``series`` (n, s) or (n,), NaNs excluded.
 
     Moving-block bootstrap: ceil(n / block) blocks of consecutive rows, starts drawn
     uniformly; rows are resampled together, so the columns keep their dependence.
+
+    Series longer than BOOTSTRAP_GRID_MIN draw their starts on a grid of ``start_step``
+    (default: block / 8) rows, with the block rounded up to a multiple of it: between
+    the moving-block (step 1) and the non-overlapping block bootstrap (step = block),
+    both valid, and its tables are 1/step the size (fresh memory is what costs here).
     """
     x = np.asarray(series)
     x = x.reshape(len(x), -1)
@@ -695,15 +727,19 @@ def block_bootstrap_means(
     if n == 0:
         return np.full((reps, s), np.nan)
     length = int(min(max(block, 1), n))
+    if start_step is None:
+        start_step = max(1, length // 8) if n > BOOTSTRAP_GRID_MIN else 1
+    step = int(min(max(start_step, 1), length))
+    length = min(-(-length // step) * step, n - n % step if n >= step else n)
     n_blocks = math.ceil(n / length)
-    sums, counts = _window_sums(x, length)
+    sums, counts = _window_sums(x, length, step)
     # The (reps, blocks, s) gather is taken a few reps at a time (~2 MB, in cache), with
     # np.take: for whole rows it is several times faster than fancy indexing.
     batch = max(1, min(reps, (2 << 20) // (8 * s * n_blocks)))
     out = np.empty((reps, s))
     for first in range(0, reps, batch):
         k = min(batch, reps - first)
-        starts = rng.integers(0, n - length + 1, size=(k, n_blocks))
+        starts = rng.integers(0, len(sums), size=(k, n_blocks))
         total = np.take(sums, starts, axis=0).sum(axis=1)
         if counts is None:
             count = np.full((k, s), float(n_blocks * length))
@@ -714,29 +750,39 @@ def block_bootstrap_means(
     return out
 
 
-def _window_sums(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sum and count of the finite values of every ``length``-row window of each column.
+def _window_sums(x: np.ndarray, length: int, step: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sum and count of the finite values of each column over the ``length``-row windows
+    starting at rows 0, step, 2 step, ... (``length`` a multiple of ``step``).
 
-    Returns (n - length + 1, s) float64 sums and int32 counts (None when every value is
-    finite), built column by column from float64 prefix sums.
+    Returns (windows, s) float64 sums and int32 counts (None when every value is
+    finite), built column by column from float64 prefix sums over ``step``-row cells.
     """
     n, s = x.shape
-    sums = np.empty((n - length + 1, s))
+    windows = (n - length) // step + 1
+    cells = length // step  # cells per window
+    sums = np.empty((windows, s))
     counts: np.ndarray | None = None
-    prefix = np.zeros(n + 1)
+    cell_starts = np.arange(0, windows * step + length - step, step)
+    prefix = np.zeros(len(cell_starts) + 1)
     for j in range(s):
         column = x[:, j]
         valid = np.isfinite(column)
         all_valid = bool(valid.all())
         filled = column if all_valid else np.where(valid, column, 0)
-        np.cumsum(filled, dtype=np.float64, out=prefix[1:])
-        np.subtract(prefix[length:], prefix[:-length], out=sums[:, j])
+        if step == 1:
+            np.cumsum(filled[: len(cell_starts)], dtype=np.float64, out=prefix[1:])
+        else:
+            cell = np.add.reduceat(filled[: cell_starts[-1] + step], cell_starts, dtype=np.float64)
+            np.cumsum(cell, out=prefix[1:])
+        np.subtract(prefix[cells::][:windows], prefix[:windows], out=sums[:, j])
         if not all_valid:
             if counts is None:
-                counts = np.full((n - length + 1, s), length, dtype=np.int32)
-            valid_prefix = np.zeros(n + 1, dtype=np.int32)
-            np.cumsum(valid, dtype=np.int32, out=valid_prefix[1:])
-            np.subtract(valid_prefix[length:], valid_prefix[:-length], out=counts[:, j])
+                counts = np.full((windows, s), length, dtype=np.int32)
+            valid_prefix = np.zeros(len(cell_starts) + 1, dtype=np.int32)
+            used = valid[: cell_starts[-1] + step]
+            per_cell = used if step == 1 else np.add.reduceat(used, cell_starts, dtype=np.int32)
+            np.cumsum(per_cell, dtype=np.int32, out=valid_prefix[1:])
+            np.subtract(valid_prefix[cells::][:windows], valid_prefix[:windows], out=counts[:, j])
     return sums, counts
 
 
@@ -835,6 +881,7 @@ def compare_cosines(
     drift_low_share_pp: float = DEFAULT_DRIFT_LOW_SHARE_PP,
     reps: int = BOOTSTRAP_REPS,
     rng: np.random.Generator | None = None,
+    summaries: tuple[CosineSummary, CosineSummary] | None = None,
 ) -> DriftComparison:
     """Drift of one adjacency definition, with block-bootstrap CIs and a verdict.
 
@@ -844,8 +891,12 @@ def compare_cosines(
     blocks (each with its own block length) because neighbouring cosines are dependent.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    base_sum = summarize_cosines(baseline, low_threshold)
-    cur_sum = summarize_cosines(current, low_threshold)
+    if summaries is None:
+        summaries = (
+            summarize_cosines(baseline, low_threshold),
+            summarize_cosines(current, low_threshold),
+        )
+    base_sum, cur_sum = summaries
     base_block, cur_block = block_length(baseline), block_length(current)
     base_boot = block_bootstrap_means(_with_low(baseline, low_threshold), base_block, reps, rng)
     cur_boot = block_bootstrap_means(_with_low(current, low_threshold), cur_block, reps, rng)
@@ -892,10 +943,26 @@ def compare_cosines(
 
 
 def _with_low(values: np.ndarray, low_threshold: float) -> np.ndarray:
-    """Columns [cosine, is_low] with NaN kept in both, for a joint bootstrap."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    low = np.where(np.isfinite(v), (v < low_threshold).astype(np.float64), np.nan)
-    return np.stack([v, low], axis=1)
+    """Columns [cosine, is_low] with NaN kept in both, for a joint bootstrap.
+
+    float32 cosines give a float32 table (the bootstrap sums in float64): half the
+    fresh memory of a float64 one on millions of values.
+    """
+    v = np.asarray(values).reshape(-1)
+    if v.dtype != np.float32:
+        v = v.astype(np.float64)
+    table = np.empty((v.size, 2), dtype=v.dtype)
+    table[:, 0] = v
+    table[:, 1] = _below(v, low_threshold)
+    table[np.isnan(v), 1] = np.nan
+    return table
+
+
+def _below(values: np.ndarray, threshold: float) -> np.ndarray:
+    """values < threshold, exactly, without a float64 copy of float32 values."""
+    if values.dtype == np.float32:
+        return values < _float32_ceilings(np.array([threshold]))[0]
+    return values < threshold
 
 
 # --------------------------------------------------------------------- row ids
@@ -1064,10 +1131,13 @@ def pair_cosines(
     for start in range(0, far.size, GATHER_PAIRS):
         chosen = far[start : start + GATHER_PAIRS]
         rows = np.unique(np.concatenate([lo[chosen], hi[chosen]]))
-        vectors = _normalised(_read_ranges(rows, read_rows))
+        vectors = _read_ranges(rows, read_rows)
         a = vectors[np.searchsorted(rows, lo[chosen])]
         b = vectors[np.searchsorted(rows, hi[chosen])]
-        out[chosen] = np.einsum("nd,nd->n", a, b)
+        # The pass knows every target's norm: no normalised copy of the rows.
+        norms = cpass.target_norms[lo[chosen]] * cpass.target_norms[hi[chosen]]
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[chosen] = np.einsum("nd,nd->n", a, b) / norms
     return out
 
 
@@ -1081,12 +1151,6 @@ def _read_ranges(rows: np.ndarray, read_rows: Callable[[int, int], np.ndarray]) 
             block = read_rows(int(piece[0]), int(piece[-1]) + 1)
             parts.append(block[piece - piece[0]])
     return np.concatenate(parts).astype(np.float32, copy=False)
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    norms = _safe_norms(np.einsum("nd,nd->n", x, x))
-    with np.errstate(invalid="ignore"):
-        return x / norms[:, None]
 
 
 def article_order(ctx: CheckContext) -> ArticleOrder | None:
@@ -1104,6 +1168,16 @@ def article_order(ctx: CheckContext) -> ArticleOrder | None:
 
 
 # -------------------------------------------------------------- series and tables
+def coherence_summaries(ctx: CheckContext, low_threshold: float) -> dict[str, CosineSummary]:
+    """:func:`summarize_cosines` of every series (cached: coherence and drift share it)."""
+
+    def compute() -> dict[str, CosineSummary]:
+        series = coherence_series(ctx)
+        return {name: summarize_cosines(values, low_threshold) for name, values in series.items()}
+
+    return ctx.cached(f"coherence_summaries:{low_threshold!r}", compute)
+
+
 def coherence_series(ctx: CheckContext) -> dict[str, np.ndarray]:
     """Every adjacency definition available for this dataset, as cosine series."""
 
@@ -1244,7 +1318,7 @@ def check_coherence(ctx: CheckContext) -> CheckResult:
     low = float(ctx.threshold("low_coherence", DEFAULT_LOW_COHERENCE))
     cpass = coherence_pass(ctx)
     series = coherence_series(ctx)
-    summaries = {name: summarize_cosines(values, low) for name, values in series.items()}
+    summaries = coherence_summaries(ctx, low)
     metrics: dict[str, Any] = {}
     for name, summary in summaries.items():
         metrics.update(summary.metrics(name))
@@ -1355,6 +1429,10 @@ def check_coherence_drift(ctx: CheckContext) -> CheckResult:
             drift_mean_pct=mean_pct,
             drift_low_share_pp=low_pp,
             rng=seeded_rng(ctx, f"drift:{name}"),
+            summaries=(
+                coherence_summaries(base_ctx, low)[name],
+                coherence_summaries(ctx, low)[name],
+            ),
         )
         for name in compared
     }

@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lvmqa.coherence import (
+    ACF_FULL_MAX,
     HIST_EDGES,
+    MAX_BLOCKS,
     PERCENTILES,
     CoherenceAccumulator,
     RowIds,
     block_bootstrap_means,
+    block_length,
     coherence_pass_of_arrays,
     column_means,
     stream_coherence_pass,
@@ -72,11 +75,12 @@ cosines = st.one_of(
     low=st.sampled_from([0.3, 0.7, 0.1, -0.05]),
 )
 def test_float32_summary_equals_the_float64_definitions(values: np.ndarray, low: float) -> None:
-    ref = reference_summary(values, low)
     got = summarize_cosines(values, low)
-    assert got.n == ref["n"]
-    if got.n == 0:
+    if not np.isfinite(values).any():
+        assert (got.n, got.n_excluded, got.histogram.sum()) == (0, values.size, 0)
         return
+    ref = reference_summary(values, low)
+    assert got.n == ref["n"]
     np.testing.assert_array_equal(got.histogram, ref["histogram"])  # exact, edges included
     assert got.low_share == ref["low_share"]  # exact at the threshold's neighbours too
     assert got.mean == pytest.approx(ref["mean"], abs=1e-12)
@@ -111,16 +115,20 @@ def test_column_means_of_few_long_columns_equal_nanmean() -> None:
 
 # --------------------------------------------------------------- block bootstrap
 def naive_block_bootstrap(
-    x: np.ndarray, block: int, reps: int, rng: np.random.Generator
+    x: np.ndarray, block: int, reps: int, rng: np.random.Generator, step: int = 1
 ) -> np.ndarray:
-    """Resample whole blocks explicitly and take the NaN-excluding means."""
+    """Resample whole blocks explicitly and take the NaN-excluding means; block starts
+    are multiples of ``step`` and the block a multiple of it."""
     n, s = x.shape
+    block = -(-block // step) * step
     n_blocks = math.ceil(n / block)
     out = np.empty((reps, s))
     draws: list[np.ndarray] = []
     batch = max(1, min(reps, (2 << 20) // (8 * s * n_blocks)))  # the same draws, in order
+    grid = (n - block) // step + 1
     for first in range(0, reps, batch):
-        draws.extend(rng.integers(0, n - block + 1, size=(min(batch, reps - first), n_blocks)))
+        size = (min(batch, reps - first), n_blocks)
+        draws.extend(step * rng.integers(0, grid, size=size))
     for r, starts in enumerate(draws):
         rows = np.concatenate([x[a : a + block] for a in starts])
         with np.errstate(invalid="ignore"):
@@ -139,6 +147,10 @@ def test_block_bootstrap_equals_explicit_resampling(with_nan: bool, block: int) 
     got = block_bootstrap_means(x, block, 30, np.random.default_rng(5))
     expected = naive_block_bootstrap(x, block, 30, np.random.default_rng(5))
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    for step in (2, 3, block):  # starts on a grid (the default past BOOTSTRAP_GRID_MIN rows)
+        got = block_bootstrap_means(x, block, 30, np.random.default_rng(5), start_step=step)
+        expected = naive_block_bootstrap(x, block, 30, np.random.default_rng(5), min(step, block))
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
 # -------------------------------------------------------------- identification
@@ -251,3 +263,17 @@ def test_blockwise_window_verdicts_equal_the_definition(monkeypatch: pytest.Monk
             steps = np.diff([*chunk[rows], chunk[g]])
             assert got.non_consecutive[g] == float((steps != 1).any())
             assert got.wrong_order[g] == float((steps < 0).any())
+
+
+# ----------------------------------------------------------------- block length
+def test_block_length_of_a_long_series_from_stretches() -> None:
+    # Past ACF_FULL_MAX values the ACF comes from evenly spaced stretches; it must still
+    # see 100-row "articles", and the block floor n / MAX_BLOCKS bounds the blocks.
+    rng = np.random.default_rng(17)
+    n = ACF_FULL_MAX + 100_000
+    iid = rng.standard_normal(n).astype(np.float32)
+    assert block_length(iid) == math.ceil(n / MAX_BLOCKS)  # above n^(1/3) at this size
+    articles = np.repeat(rng.standard_normal(n // 100 + 1), 100)[:n]
+    persistent = articles + 0.1 * rng.standard_normal(n)
+    assert 200 <= block_length(persistent) <= 2 * 5000
+    assert math.ceil(n / block_length(persistent)) <= MAX_BLOCKS
