@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from lvmqa.errors import CheckSkipped, LvmqaError
 from lvmqa.progress import Task
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+from lvmqa.spill import consecutive_cosines, spill_fits
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +75,7 @@ EXAMPLE_CHARS = 200
 GATHER_PAIRS = 8192  # pairs per gather block: at most 2 x 8192 rows in memory
 GATHER_MAX_GAP = 32
 GATHER_SPAN_ROWS = 4096
+SPILL_MIN_PAIRS = 50_000  # far article-order pairs from which the targets are sorted
 
 DriftVerdict = Literal["none", "moderate", "significant"]
 VERDICT_LEVEL: dict[str, int] = {"none": 0, "moderate": 1, "significant": 2}
@@ -1094,17 +1096,34 @@ class ArticleOrder:
 
 def article_order_pairs(ids: RowIds) -> tuple[np.ndarray, np.ndarray, bool]:
     """Row pairs (a, b) of consecutive chunks of the same article; duplicate
-    (article, chunk) keys pair with nothing (a duplicate is not an adjacency)."""
+    (article, chunk) keys pair with nothing (a duplicate is not an adjacency).
+
+    Each pair is consecutive in :func:`article_order_rows`' order."""
+    rows, art, chunk, by_chunk = _article_sorted(ids)
+    same_article = art[1:] == art[:-1]
+    new_chunk = chunk[1:] != chunk[:-1] if by_chunk else np.ones(max(rows.size - 1, 0), bool)
+    keep = same_article & new_chunk
+    return rows[:-1][keep], rows[1:][keep], by_chunk
+
+
+def article_order_rows(ids: RowIds) -> np.ndarray:
+    """The rows with a known article, sorted by (article, chunk, row)."""
+    return _article_sorted(ids)[0]
+
+
+def _article_sorted(ids: RowIds) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     rows = np.flatnonzero(ids.article_known)
     art = ids.article[rows]
     by_chunk = bool(ids.chunk_known[rows].all()) and rows.size > 0
     chunk = ids.chunk[rows] if by_chunk else np.zeros(rows.size, dtype=np.int64)
     order = np.lexsort((rows, chunk, art))
-    rows, art, chunk = rows[order], art[order], chunk[order]
-    same_article = art[1:] == art[:-1]
-    new_chunk = chunk[1:] != chunk[:-1] if by_chunk else np.ones(max(rows.size - 1, 0), bool)
-    keep = same_article & new_chunk
-    return rows[:-1][keep], rows[1:][keep], by_chunk
+    return rows[order], art[order], chunk[order], by_chunk
+
+
+def far_pairs(first: np.ndarray, second: np.ndarray, cpass: CoherencePass) -> np.ndarray:
+    """Indexes of the pairs more than K rows apart (not among the pass's lag cosines)."""
+    gap = np.abs(np.asarray(second, dtype=np.int64) - np.asarray(first, dtype=np.int64))
+    return np.flatnonzero(gap > cpass.max_lag)
 
 
 def pair_cosines(
@@ -1112,12 +1131,15 @@ def pair_cosines(
     second: np.ndarray,
     cpass: CoherencePass,
     read_rows: Callable[[int, int], np.ndarray],
+    *,
+    read_far: bool = True,
 ) -> np.ndarray:
     """cos(target[first], target[second]) per pair.
 
     Pairs at most K rows apart come from the pass for free; the rest are read in blocks
     of pairs sorted by their first row, each block's rows as few contiguous ranges
-    (bounded memory, sequential on disk, no lasting memory map).
+    (bounded memory, sequential on disk, no lasting memory map). ``read_far=False``
+    leaves those NaN (for a caller that computes them another way).
     """
     first = np.asarray(first, dtype=np.int64)
     second = np.asarray(second, dtype=np.int64)
@@ -1126,7 +1148,7 @@ def pair_cosines(
     out = np.full(first.size, np.nan, dtype=np.float32)
     near = (gap >= 1) & (gap <= cpass.max_lag)
     out[near] = cpass.lag_cosines[hi[near], gap[near] - 1]
-    far = np.flatnonzero(~near & (gap > 0))
+    far = np.flatnonzero(~near & (gap > 0)) if read_far else np.empty(0, dtype=np.int64)
     far = far[np.argsort(lo[far], kind="stable")]
     for start in range(0, far.size, GATHER_PAIRS):
         chosen = far[start : start + GATHER_PAIRS]
@@ -1161,7 +1183,20 @@ def article_order(ctx: CheckContext) -> ArticleOrder | None:
         if ids is None:
             return None
         a, b, by_chunk = article_order_pairs(ids)
-        cos = pair_cosines(a, b, coherence_pass(ctx), ctx.dataset.target_rows)
+        cpass = coherence_pass(ctx)
+        far = far_pairs(a, b, cpass)
+        order = article_order_rows(ids)
+        # Many far pairs (a shuffled file): one external sort of the targets by article
+        # order beats gathering them, which reads most targets again per block of pairs.
+        sort = far.size >= SPILL_MIN_PAIRS and spill_fits(ctx.dataset, order.size)
+        cos = pair_cosines(a, b, cpass, ctx.dataset.target_rows, read_far=not sort)
+        if sort:
+            rank = np.full(ctx.dataset.n, -1, dtype=np.int64)
+            rank[order] = np.arange(order.size)
+            task = Task(f"{ctx.name}: targets in article order", ctx.dataset.n)
+            consecutive = consecutive_cosines(ctx.dataset, rank, cpass.target_norms)
+            task.close()
+            cos[far] = consecutive[rank[a[far]]]
         return ArticleOrder(a, b, ids.article[a], cos, by_chunk)
 
     return ctx.cached("article_order", compute)

@@ -501,6 +501,17 @@ class Dataset:
             return _f32(self._targets.rows(start, stop))
         return self.targets_at(np.arange(start, min(stop, self.n)))
 
+    def target_rows_into(self, start: int, out: np.ndarray) -> np.ndarray:
+        """Targets ``start:start + len(out)`` written into the float32 array ``out``.
+
+        Straight from the file into ``out`` where the targets are stored as float32 in
+        place: a scan that reuses ``out`` touches no fresh memory.
+        """
+        if self._targets is not None and self._targets.reads_in_place:
+            return self._targets.rows_into(start, out)
+        out[...] = self.target_rows(start, start + len(out))
+        return out
+
     def context_rows(self, start: int, stop: int) -> np.ndarray:
         if self._contexts is not None:
             return _f32(self._contexts.rows(start, stop))
