@@ -21,18 +21,17 @@ The pass is shared with ``lvmqa.integrity`` through ``ctx.cached("coherence_pass
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
 from lvmqa.errors import CheckSkipped, LvmqaError
+from lvmqa.io import prefetched
 from lvmqa.progress import Task
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
 from lvmqa.spill import consecutive_cosines, spill_fits
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from lvmqa.checks import CheckContext
     from lvmqa.io import Chunk, Dataset
 
-T = TypeVar("T")
 
 # Histogram of the seed: bins of 0.1 from -0.2 to 1.0; values outside go to the end bins.
 HIST_EDGES: np.ndarray = np.round(np.linspace(-0.2, 1.0, 13), 10)
@@ -455,7 +453,7 @@ def stream_coherence_pass(
     # that spin between the many small products and take the cores from the others
     # (measured: the pass 1.4x slower with OpenBLAS at 2 threads on 2 cores).
     with threadpool_limits(limits=1, user_api="blas"):
-        for chunk, hashes in _prefetched(hashed(), depth=PREFETCH):
+        for chunk, hashes in prefetched(hashed(), depth=PREFETCH):
             if chunk.start != acc.rows_seen:
                 raise LvmqaError(
                     "chunks arrived out of order",
@@ -467,48 +465,6 @@ def stream_coherence_pass(
             if progress is not None:
                 progress(acc.rows_seen, dataset.n)
     return acc.finish()
-
-
-def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead.
-
-    File reads and numpy kernels release the GIL, so on two cores the next block is
-    read while this one is computed. Memory stays bounded by ``depth`` + 2 blocks.
-    """
-    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, payload: Any) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put((kind, payload), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("done", None)
-        except BaseException as exc:  # re-raised in the consumer thread
-            put("error", exc)
-
-    worker = threading.Thread(target=produce, name="lvmqa-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, payload = slots.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise payload
-            yield payload
-    finally:
-        stop.set()
-        worker.join(timeout=5)
 
 
 def coherence_pass(ctx: CheckContext) -> CoherencePass:

@@ -14,10 +14,12 @@ Formats and key aliases follow ``../shared/origin-notes.md``:
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,8 @@ import pandas as pd
 from lvmqa.errors import DatasetFormatError
 from lvmqa.npzfile import DataFile, Member, file_sha256
 from lvmqa.schema import validate_meta
+
+T = TypeVar("T")
 
 TARGET_KEYS = ("target_vectors", "targets", "train_target_vectors")
 CONTEXT_KEYS = ("context_sequences", "contexts", "train_context_sequences")
@@ -746,3 +750,45 @@ def _parse_json(raw: str | bytes, source: str, key: str) -> Any:
 def open_dataset(path: str | Path, *, context_length: int = 5) -> Dataset:
     """Open a bank or sequences file (npz, npy folder) as a read-only Dataset."""
     return Dataset(path, context_length=context_length)
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead.
+
+    File reads and numpy kernels release the GIL, so on two cores the next block is
+    read while this one is computed. Memory stays bounded by ``depth`` + 2 blocks.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, payload: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put((kind, payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # re-raised in the consumer thread
+            put("error", exc)
+
+    worker = threading.Thread(target=produce, name="lvmqa-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, payload = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise payload
+            yield payload
+    finally:
+        stop.set()
+        worker.join(timeout=5)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 NORM_MEAN_TOLERANCE = 0.01
 NORM_STD_MAX = 0.01
 ZERO_NORM = 1e-12
+NORM_SUB_ROWS = 4096  # vectors per einsum: a few MB, so its temporaries stay in cache
+NORM_PREFETCH = 2
 
 
 def row_norms(block: np.ndarray) -> np.ndarray:
@@ -28,7 +30,13 @@ def row_norms(block: np.ndarray) -> np.ndarray:
 
 @dataclass
 class NormAccumulator:
-    """Streaming norm statistics over any number of blocks."""
+    """Streaming norm statistics over any number of blocks.
+
+    Norms come from one float32 dot product per vector (the pass is bound by reading
+    the vectors, not by arithmetic). A row whose float32 norm is not finite is looked at
+    again exactly: NaN and Inf counted from its values, and a float32 overflow of a
+    finite row (values beyond ~1e19) replaced by its float64 norm. Sums are float64.
+    """
 
     count: int = 0
     total: float = 0.0
@@ -42,25 +50,38 @@ class NormAccumulator:
 
     def add(self, block: np.ndarray, start: int = 0) -> None:
         flat = block.reshape(-1, block.shape[-1])
-        nan = np.isnan(flat).any(axis=1)
-        inf = np.isinf(flat).any(axis=1)
-        norms = row_norms(flat)
-        zero = ~nan & ~inf & (norms <= ZERO_NORM)
-        finite = ~nan & ~inf
-        self.nan_rows += int(nan.sum())
-        self.inf_rows += int(inf.sum())
+        rows_per_item = flat.shape[0] // max(block.shape[0], 1) if block.ndim > 1 else 1
+        for a in range(0, len(flat), NORM_SUB_ROWS):
+            self._add_rows(flat[a : a + NORM_SUB_ROWS], a, start, rows_per_item)
+
+    def _add_rows(self, flat: np.ndarray, first: int, start: int, rows_per_item: int) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", flat, flat)).astype(np.float64)
+        finite = np.isfinite(norms)
+        odd = np.flatnonzero(~finite)
+        for i in odd:  # rare: NaN / Inf values, or a float32 overflow
+            row = flat[i]
+            has_nan, has_inf = bool(np.isnan(row).any()), bool(np.isinf(row).any())
+            self.nan_rows += has_nan
+            self.inf_rows += has_inf
+            if not (has_nan or has_inf):
+                norms[i] = float(row_norms(row))
+                finite[i] = True
+        zero = finite & (norms <= ZERO_NORM)
         self.zero_rows += int(zero.sum())
         good = norms[finite]
         if good.size:
             self.count += good.size
             self.total += float(good.sum())
-            self.total_sq += float(np.square(good).sum())
+            self.total_sq += float(np.dot(good, good))
             self.low = min(self.low, float(good.min()))
             self.high = max(self.high, float(good.max()))
         if len(self.worst_rows) < 20:
-            bad = np.flatnonzero(~finite | zero | (np.abs(norms - 1.0) > 0.05))
-            rows_per_item = flat.shape[0] // max(block.shape[0], 1) if block.ndim > 1 else 1
-            self.worst_rows.extend(int(start + i // max(rows_per_item, 1)) for i in bad[:20])
+            with np.errstate(invalid="ignore"):
+                bad = np.flatnonzero(~finite | zero | (np.abs(norms - 1.0) > 0.05))
+            self.worst_rows.extend(
+                int(start + (first + i) // max(rows_per_item, 1)) for i in bad[:20]
+            )
 
     def summary(self, prefix: str) -> dict[str, Any]:
         mean = self.total / self.count if self.count else float("nan")
@@ -77,12 +98,18 @@ class NormAccumulator:
 
 
 def norm_statistics(dataset: Any, chunk_rows: int | None = None) -> dict[str, Any]:
-    """One streaming pass over targets and contexts of a Dataset."""
+    """One streaming pass over targets and contexts of a Dataset.
+
+    Chunks are mapped or read into reused buffers by a prefetch thread (as in the
+    coherence pass), so reading overlaps the norms and no fresh memory is touched.
+    """
+    from lvmqa.io import prefetched
     from lvmqa.progress import Task
 
     targets, contexts = NormAccumulator(), NormAccumulator()
     task = Task(f"{dataset.path.name}: norms pass", dataset.n)
-    for chunk in dataset.iter_chunks(chunk_rows):
+    chunks = dataset.iter_chunks(chunk_rows, reuse=NORM_PREFETCH + 2)
+    for chunk in prefetched(chunks, depth=NORM_PREFETCH):
         task.update(chunk.stop)
         targets.add(chunk.targets, chunk.start)
         contexts.add(chunk.contexts, chunk.start)

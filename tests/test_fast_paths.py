@@ -34,6 +34,7 @@ from lvmqa.coherence import (
 )
 from lvmqa.integrity import window_integrity
 from lvmqa.io import open_dataset
+from lvmqa.metrics import NormAccumulator
 from tests.synthetic import file_windows, walk_articles
 
 
@@ -277,3 +278,28 @@ def test_block_length_of_a_long_series_from_stretches() -> None:
     persistent = articles + 0.1 * rng.standard_normal(n)
     assert 200 <= block_length(persistent) <= 2 * 5000
     assert math.ceil(n / block_length(persistent)) <= MAX_BLOCKS
+
+
+# ------------------------------------------------------------------------ norms
+def test_norm_accumulator_classifies_rows_exactly() -> None:
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((9000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[10] = 0.0  # zero
+    x[11] = 1e-30  # underflows in float32 squares: still a (near-)zero vector
+    x[12, 3] = np.nan
+    x[13, 4] = np.inf
+    x[14, [1, 2]] = [np.nan, -np.inf]  # both: counted as NaN and as Inf, like numpy's any()
+    x[15] = 3e30  # finite, but its float32 squares overflow: a huge, valid norm
+    x[8000] *= 2.0  # a non-unit row past the first sub-block
+    acc = NormAccumulator()
+    acc.add(x[:5000], 0)
+    acc.add(x[5000:], 5000)
+    m = acc.summary("t")
+    assert (m["t_nan_count"], m["t_inf_count"], m["t_zero_count"]) == (2, 2, 2)
+    finite = x[~np.isnan(x).any(1) & ~np.isinf(x).any(1)].astype(np.float64)
+    norms = np.linalg.norm(finite, axis=1)
+    assert m["t_norm_max"] == pytest.approx(norms.max(), rel=1e-6)  # 3e30 * 4, not Inf
+    assert m["t_norm_mean"] == pytest.approx(norms.mean(), rel=1e-6)
+    assert m["t_norm_std"] == pytest.approx(norms.std(), rel=1e-5)
+    assert {10, 11, 12, 13, 14, 15, 8000} <= set(acc.worst_rows)
