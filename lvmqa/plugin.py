@@ -143,6 +143,11 @@ def pytest_configure(config: pytest.Config) -> None:
             session.context(options.baseline)
         for name in session.requested:  # bad files fail now, before any test runs
             session.context(name).dataset  # noqa: B018 - opening validates the file
+        if config.getoption("lvmqa_json") or getattr(config.option, "htmlpath", None):
+            # Reports name each file by its sha256: a full extra read, done meanwhile
+            # at the lowest CPU priority instead of after the checks.
+            for name in session.requested:
+                session.context(name).dataset.hash_in_background()
     except LvmqaError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session

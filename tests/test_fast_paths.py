@@ -7,6 +7,7 @@ obviously correct computation of the same quantity.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import zipfile
@@ -303,3 +304,28 @@ def test_norm_accumulator_classifies_rows_exactly() -> None:
     assert m["t_norm_mean"] == pytest.approx(norms.mean(), rel=1e-6)
     assert m["t_norm_std"] == pytest.approx(norms.std(), rel=1e-5)
     assert {10, 11, 12, 13, 14, 15, 8000} <= set(acc.worst_rows)
+
+
+# --------------------------------------------------------------------- sha256
+def test_background_sha256_equals_the_streamed_hash(tmp_path: Path) -> None:
+    rng = np.random.default_rng(19)
+    path = tmp_path / "s.npz"
+    np.savez(path, context_sequences=rng.standard_normal((50, 5, 8)).astype(np.float32),
+             target_vectors=rng.standard_normal((50, 8)).astype(np.float32))
+    expected = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    ds = open_dataset(path)
+    ds.hash_in_background()
+    ds.hash_in_background()  # once
+    assert ds.sha256() == expected == ds.sha256()
+
+
+def test_background_sha256_error_reaches_the_caller(tmp_path: Path) -> None:
+    rng = np.random.default_rng(20)
+    path = tmp_path / "s.npz"
+    np.savez(path, context_sequences=rng.standard_normal((5, 5, 4)).astype(np.float32),
+             target_vectors=rng.standard_normal((5, 4)).astype(np.float32))
+    ds = open_dataset(path)
+    path.unlink()  # gone before the thread reads it
+    ds.hash_in_background()
+    with pytest.raises(FileNotFoundError):
+        ds.sha256()
