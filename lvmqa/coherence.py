@@ -691,18 +691,22 @@ def block_bootstrap_means(
     length = min(-(-length // step) * step, n - n % step if n >= step else n)
     n_blocks = math.ceil(n / length)
     sums, counts = _window_sums(x, length, step)
-    # The (reps, blocks, s) gather is taken a few reps at a time (~2 MB, in cache), with
-    # np.take: for whole rows it is several times faster than fancy indexing.
+    # The gather is taken a few reps at a time (~2 MB, in cache), column by column from
+    # the (s, windows) tables: np.take on a 1-D column, then a sum along the contiguous
+    # axis, is 2-2.5x faster than gathering (reps, blocks, s) rows and summing axis 1.
     batch = max(1, min(reps, (2 << 20) // (8 * s * n_blocks)))
     out = np.empty((reps, s))
     for first in range(0, reps, batch):
         k = min(batch, reps - first)
-        starts = rng.integers(0, len(sums), size=(k, n_blocks))
-        total = np.take(sums, starts, axis=0).sum(axis=1)
+        starts = rng.integers(0, sums.shape[1], size=(k, n_blocks))
+        total = np.stack([np.take(column, starts).sum(axis=1) for column in sums], axis=1)
         if counts is None:
             count = np.full((k, s), float(n_blocks * length))
         else:
-            count = np.take(counts, starts, axis=0).sum(axis=1, dtype=np.float64)
+            count = np.stack(
+                [np.take(column, starts).sum(axis=1, dtype=np.float64) for column in counts],
+                axis=1,
+            )
         with np.errstate(invalid="ignore", divide="ignore"):
             out[first : first + k] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
@@ -712,13 +716,13 @@ def _window_sums(x: np.ndarray, length: int, step: int = 1) -> tuple[np.ndarray,
     """Sum and count of the finite values of each column over the ``length``-row windows
     starting at rows 0, step, 2 step, ... (``length`` a multiple of ``step``).
 
-    Returns (windows, s) float64 sums and int32 counts (None when every value is
+    Returns (s, windows) float64 sums and int32 counts (None when every value is
     finite), built column by column from float64 prefix sums over ``step``-row cells.
     """
     n, s = x.shape
     windows = (n - length) // step + 1
     cells = length // step  # cells per window
-    sums = np.empty((windows, s))
+    sums = np.empty((s, windows))
     counts: np.ndarray | None = None
     cell_starts = np.arange(0, windows * step + length - step, step)
     prefix = np.zeros(len(cell_starts) + 1)
@@ -732,15 +736,15 @@ def _window_sums(x: np.ndarray, length: int, step: int = 1) -> tuple[np.ndarray,
         else:
             cell = np.add.reduceat(filled[: cell_starts[-1] + step], cell_starts, dtype=np.float64)
             np.cumsum(cell, out=prefix[1:])
-        np.subtract(prefix[cells::][:windows], prefix[:windows], out=sums[:, j])
+        np.subtract(prefix[cells::][:windows], prefix[:windows], out=sums[j])
         if not all_valid:
             if counts is None:
-                counts = np.full((windows, s), length, dtype=np.int32)
+                counts = np.full((s, windows), length, dtype=np.int32)
             valid_prefix = np.zeros(len(cell_starts) + 1, dtype=np.int32)
             used = valid[: cell_starts[-1] + step]
             per_cell = used if step == 1 else np.add.reduceat(used, cell_starts, dtype=np.int32)
             np.cumsum(per_cell, dtype=np.int32, out=valid_prefix[1:])
-            np.subtract(valid_prefix[cells::][:windows], valid_prefix[:windows], out=counts[:, j])
+            np.subtract(valid_prefix[cells::][:windows], valid_prefix[:windows], out=counts[j])
     return sums, counts
 
 
