@@ -226,7 +226,7 @@ class CoherenceAccumulator:
             b = min(a + CACHE_ROWS, m)
             self._add_lags(s, a, b, t, norm_ext)
         self._target_norms[s:e] = norm_ext[self.k :]
-        self._identify_contexts(s, hashes or self.identity_hashes(x, t))
+        self._identify_contexts(s, self.identity_hashes(x, t) if hashes is None else hashes)
         # A window whose contexts are the previous targets (sliding windows) has all its
         # context cosines among the lag cosines already computed; only the others are
         # computed from the context vectors.
@@ -569,7 +569,7 @@ def summarize_cosines(values: np.ndarray, low_threshold: float) -> CosineSummary
     mean_square = float(np.einsum("i,i->", finite, finite, dtype=np.float64)) / n
     std = math.sqrt(max(mean_square - mean * mean, 0.0))
     low_share = np.count_nonzero(_below(finite, low_threshold)) / n
-    histogram = cosine_histogram(finite)  # before the partition below reorders ``finite``
+    histogram = cosine_histogram(finite)
     return CosineSummary(
         n=n,
         n_excluded=excluded,
@@ -1108,7 +1108,7 @@ def pair_cosines(
     out = np.full(first.size, np.nan, dtype=np.float32)
     near = (gap >= 1) & (gap <= cpass.max_lag)
     out[near] = cpass.lag_cosines[hi[near], gap[near] - 1]
-    far = np.flatnonzero(~near & (gap > 0)) if read_far else np.empty(0, dtype=np.int64)
+    far = far_pairs(first, second, cpass) if read_far else np.empty(0, dtype=np.int64)
     far = far[np.argsort(lo[far], kind="stable")]
     for start in range(0, far.size, GATHER_PAIRS):
         chosen = far[start : start + GATHER_PAIRS]
@@ -1145,12 +1145,13 @@ def article_order(ctx: CheckContext) -> ArticleOrder | None:
         a, b, by_chunk = article_order_pairs(ids)
         cpass = coherence_pass(ctx)
         far = far_pairs(a, b, cpass)
-        order = article_order_rows(ids)
         # Many far pairs (a shuffled file): one external sort of the targets by article
         # order beats gathering them, which reads most targets again per block of pairs.
-        sort = far.size >= SPILL_MIN_PAIRS and spill_fits(ctx.dataset, order.size)
+        known = int(ids.article_known.sum())
+        sort = far.size >= SPILL_MIN_PAIRS and spill_fits(ctx.dataset, known)
         cos = pair_cosines(a, b, cpass, ctx.dataset.target_rows, read_far=not sort)
         if sort:
+            order = article_order_rows(ids)
             rank = np.full(ctx.dataset.n, -1, dtype=np.int64)
             rank[order] = np.arange(order.size)
             task = Task(f"{ctx.name}: targets in article order", ctx.dataset.n)

@@ -515,7 +515,7 @@ class Dataset:
         Straight from the file into ``out`` where the targets are stored as float32 in
         place: a scan that reuses ``out`` touches no fresh memory.
         """
-        if self._targets is not None and self._targets.reads_in_place:
+        if self._targets is not None:
             return self._targets.rows_into(start, out)
         out[...] = self.target_rows(start, start + len(out))
         return out

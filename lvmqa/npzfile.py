@@ -146,6 +146,18 @@ def _unpickle_array(stream: IO[bytes], header: NpyHeader, source: str, key: str)
     return array
 
 
+def pread_full(fd: int, into: memoryview, offset: int) -> int:
+    """Read ``len(into)`` bytes at ``offset`` (one read returns at most ~2 GB on Linux);
+    returns the bytes read, fewer only at the end of the file."""
+    filled = 0
+    while filled < len(into):
+        got = os.preadv(fd, [into[filled:]], offset + filled)
+        if not got:
+            break
+        filled += got
+    return filled
+
+
 def file_sha256(path: Path) -> str:
     """``sha256:HEX`` of a data file's bytes (of a folder: its files in name order), streamed."""
     import hashlib
@@ -318,14 +330,8 @@ class Member:
         offset = self._data_offset + start * row_bytes
         fd = os.open(self._file_path, os.O_RDONLY)
         try:
-            filled = 0
-            while filled < len(view):  # one read returns at most ~2 GB on Linux
-                got = os.preadv(fd, [view[filled:]], offset + filled)
-                if not got:
-                    raise DatasetFormatError(
-                        "array data is truncated", path=self.source, key=self.name
-                    )
-                filled += got
+            if pread_full(fd, view, offset) < len(view):
+                raise DatasetFormatError("array data is truncated", path=self.source, key=self.name)
         finally:
             os.close(fd)
         return out

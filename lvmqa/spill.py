@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lvmqa.npzfile import pread_full
+
 if TYPE_CHECKING:
     from lvmqa.io import Dataset
 
@@ -130,9 +132,5 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _pread_all(fd: int, into: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(into):
-        got = os.preadv(fd, [into[done:]], offset + done)
-        if got == 0:
-            raise OSError(f"temporary spill file is short at offset {offset + done}")
-        done += got
+    if pread_full(fd, into, offset) < len(into):
+        raise OSError(f"temporary spill file is short at offset {offset}")
