@@ -1,10 +1,14 @@
 """The ``text_quality`` check: what the stored texts say about the pages a dataset was cut from.
 
 Vectors cannot tell a list page from prose, but the texts (and titles) can. The check
-counts rows from blocklisted pages (``List of``, disambiguation and category pages),
-empty, too-short and too-long texts, duplicate (article, chunk) keys and texts repeated
-inside one article. Every count is encoder-independent, so the gates are plain
-absolute thresholds (``registry`` when the dataset's entry overrides them).
+counts rows from blocklisted PAGES (a title starting ``List of``, a ``Category:`` page, a
+``(disambiguation)`` title, or a chunk whose text is such a heading or a "X may refer
+to:" lead), empty, too-short and too-long texts, duplicate (article, chunk) keys and
+texts repeated inside one article. These counts are encoder-independent, so their gates
+are plain absolute thresholds (``registry`` when the dataset's entry overrides them).
+
+Pages nobody listed (changelog bullets, indexes, glossaries) are found from the data by
+:mod:`lvmqa.lowquality`, relative to the baseline's articles; its gate is statistical.
 
 Texts arrive as numpy object arrays and may hold ``None``, ``bytes`` or numbers; they
 are normalised first, counted as non-string, and never crash the check.
@@ -30,7 +34,19 @@ if TYPE_CHECKING:
     from lvmqa.io import Dataset
 
 CHECK_ID = "text_quality"
-DEFAULT_BLOCKLIST = r"List of|Disambiguation|Category:"
+# The blocklist names PAGES. It is matched at the START of a title (``re.match``, case
+# insensitive), or of a chunk text that is itself a heading; a registry pattern is used
+# the same way (write ``.*word`` to match a word anywhere in a title). Substrings of
+# prose never count: "returns a list of strings" is not a list page. The one spelling of
+# the default; filtering and diagnosis import it.
+DEFAULT_BLOCKLIST = r"Lists? of\b|Category:|Disambiguation\b|.*\(disambiguation\)\s*$"
+# "Mercury may refer to:" -- how disambiguation pages open, in any namespace.
+DISAMBIGUATION_LEAD = re.compile(
+    r"[^\n.!?]{1,120}?\b(?:may|might|can|could)\s+(?:also\s+)?refer\s+to\s*:", re.IGNORECASE
+)
+_HEADING_MAX_CHARS = 120
+_HEADING_MAX_WORDS = 12
+_SENTENCE_END = ".!?;,"
 DEFAULT_MIN_TEXT_CHARS = 8
 DEFAULT_MAX_TEXT_CHARS = 500
 # An article whose typical chunk is shorter than a short sentence reads like a list,
@@ -104,6 +120,7 @@ def compile_blocklist(pattern: str | re.Pattern[str] | None) -> re.Pattern[str] 
         return pattern
     if not pattern:
         return None
+    # TODO: compile through lvmqa.patterns.compile_pattern (re2, linear time) once it exists.
     try:
         return re.compile(pattern, re.IGNORECASE)
     except re.error as exc:
@@ -115,23 +132,56 @@ def compile_blocklist(pattern: str | re.Pattern[str] | None) -> re.Pattern[str] 
         ) from None
 
 
+def looks_like_heading(text: str) -> bool:
+    """One short line that does not end a sentence: a page title or section heading."""
+    stripped = text.strip()
+    if not stripped or "\n" in stripped or len(stripped) > _HEADING_MAX_CHARS:
+        return False
+    if len(stripped.split()) > _HEADING_MAX_WORDS:
+        return False
+    return stripped[-1] not in _SENTENCE_END
+
+
+def is_disambiguation_lead(text: str) -> bool:
+    """``X may refer to:`` opening a chunk: the lead of a disambiguation page."""
+    return DISAMBIGUATION_LEAD.match(text.strip()) is not None
+
+
 def text_blocklist_mask(texts: Sequence[str], pattern: re.Pattern[str] | None) -> np.ndarray:
-    """Rows whose text matches the blocklist pattern anywhere."""
+    """Rows whose text IS a blocklisted page heading or a disambiguation lead.
+
+    The pattern is matched at the start of a heading-like text only (one short line,
+    no sentence end), never inside prose: "returns a list of strings" is documentation,
+    not a list page.
+    """
     if pattern is None:
         return np.zeros(len(texts), dtype=bool)
-    return np.fromiter((pattern.search(t) is not None for t in texts), dtype=bool, count=len(texts))
+    return np.fromiter(
+        (
+            is_disambiguation_lead(t) or (looks_like_heading(t) and _matches(pattern, t))
+            for t in texts
+        ),
+        dtype=bool,
+        count=len(texts),
+    )
+
+
+def _matches(pattern: re.Pattern[str], name: str) -> bool:
+    return pattern.match(name.strip()) is not None
 
 
 def title_blocklist_mask(
     titles: Sequence[str | None], pattern: re.Pattern[str] | None
 ) -> np.ndarray:
-    """Rows whose article title matches the pattern or is a ``… (disambiguation)`` page."""
+    """Rows whose article title starts with the pattern or is a ``… (disambiguation)`` page."""
     out = np.zeros(len(titles), dtype=bool)
+    if pattern is None:
+        return out
     for i, title in enumerate(titles):
         if title is None:
             continue
         disambiguation = title.rstrip().lower().endswith(_DISAMBIGUATION_TITLE_SUFFIX)
-        out[i] = disambiguation or (pattern is not None and pattern.search(title) is not None)
+        out[i] = disambiguation or _matches(pattern, title)
     return out
 
 
@@ -142,7 +192,7 @@ def blocklist_row_mask(
     *,
     n: int | None = None,
 ) -> np.ndarray:
-    """Rows blocked by text or title (the filter's ``blocklist`` reason)."""
+    """Rows of blocklisted pages, by title or by a text that is the page's heading/lead."""
     compiled = compile_blocklist(pattern)
     size = n if n is not None else len(texts if texts is not None else titles or [])
     mask = np.zeros(size, dtype=bool)

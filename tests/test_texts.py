@@ -68,9 +68,10 @@ def test_counts_on_hand_built_texts() -> None:
     assert m["too_long_count"] == 1
     assert m["text_chars_max"] == 1_000_000
     assert m["non_string_count"] == 2  # None and bytes
-    assert m["blocklist_text_count"] == 2
-    assert m["blocklist_count"] == 2
-    assert m["blocklist_share"] == pytest.approx(0.2)
+    # the heading "List of rivers" is a list page; "Category:" inside prose is not
+    assert m["blocklist_text_count"] == 1
+    assert m["blocklist_count"] == 1
+    assert m["blocklist_share"] == pytest.approx(0.1)
     # no metadata: keys and per-article measures are unknown, not zero
     assert m["duplicate_key_count"] is None
     assert m["duplicate_text_in_article_count"] is None
@@ -111,10 +112,11 @@ def test_titles_duplicates_and_list_like_articles() -> None:
 
 
 def test_blocklist_is_case_insensitive_and_can_be_replaced_or_disabled() -> None:
-    texts = ["see the LIST OF rivers", "disambiguation page", PROSE]
-    assert blocklist_row_mask(texts, None).tolist() == [True, True, False]
-    assert blocklist_row_mask(texts, None, r"page").tolist() == [False, True, False]
-    assert blocklist_row_mask(texts, None, None).tolist() == [False, False, False]
+    texts = ["LIST OF rivers", "disambiguation page", PROSE, "Page index"]
+    assert blocklist_row_mask(texts, None).tolist() == [True, True, False, False]
+    assert blocklist_row_mask(texts, None, r"page").tolist() == [False, False, False, True]
+    assert blocklist_row_mask(texts, None, r".*page").tolist() == [False, True, False, True]
+    assert blocklist_row_mask(texts, None, None).tolist() == [False, False, False, False]
     with pytest.raises(LvmqaError, match="blocklist"):
         blocklist_row_mask(texts, None, "(unclosed")
 
