@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import zipfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import lvmqa.io
 from lvmqa.coherence import (
     ACF_FULL_MAX,
     HIST_EDGES,
@@ -36,6 +38,7 @@ from lvmqa.coherence import (
 from lvmqa.integrity import window_integrity
 from lvmqa.io import open_dataset
 from lvmqa.metrics import NormAccumulator
+from tests.conftest import random_sequences
 from tests.synthetic import file_windows, walk_articles
 
 
@@ -317,6 +320,39 @@ def test_background_sha256_equals_the_streamed_hash(tmp_path: Path) -> None:
     ds.hash_in_background()
     ds.hash_in_background()  # once
     assert ds.sha256() == expected == ds.sha256()
+
+
+def test_the_hash_is_read_only_when_a_report_asks_for_it(tmp_path: Path) -> None:
+    path = random_sequences(tmp_path / "s.npz")
+    ds = open_dataset(path)
+    assert ds.sha256_if_requested() is None  # nothing asked: no full read of the file
+    ds.hash_in_background()
+    expected = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert ds.sha256_if_requested() == expected
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_a_run_without_report_never_hashes_the_file(
+    quality_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, report: bool
+) -> None:
+    hashed: list[Path] = []
+    real = lvmqa.io.file_sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(lvmqa.io, "file_sha256", counting)
+    path = random_sequences(quality_pytester.path / "good.npz")
+    extra = ["--lvmqa-json=out.json"] if report else []
+    result = quality_pytester.runpytest_inprocess(
+        "quality_tests", f"--dataset={path}", "-k", "norms", *extra
+    )
+    result.assert_outcomes(passed=1)
+    assert hashed == ([path] if report else [])
+    if report:
+        data = json.loads((quality_pytester.path / "out.json").read_text())
+        assert data["datasets"]["good"]["sha256"] == real(path)
 
 
 def test_background_sha256_error_reaches_the_caller(tmp_path: Path) -> None:
