@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from lvmqa.errors import CheckSkipped, EncoderError
-from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+from lvmqa.gates import applies
+from lvmqa.gates import make as make_gate
+from lvmqa.results import CheckResult, Gate, from_gates
 
 if TYPE_CHECKING:
     from lvmqa.checks import CheckContext
@@ -667,29 +669,15 @@ def check_fingerprint(ctx: CheckContext) -> CheckResult:
         "fingerprint": fp["fingerprint"],
         "ambiguous_values": fp["ambiguous_values"],
     }
-    gates = [
-        Gate("encoder dim matches dataset", "dim", fp["dim"], "==", ctx.dataset.dim, "structural")
-    ]
-    registry_dim = getattr(entry, "dim", None)
-    if registry_dim is not None:
-        gates.append(
-            Gate("encoder dim matches registry", "dim", fp["dim"], "==", registry_dim, "registry")
-        )
+    gates = [make_gate(ctx, "fingerprint", "dim", fp["dim"])]
+    if applies(ctx, "fingerprint", "registry_dim"):
+        gates.append(make_gate(ctx, "fingerprint", "registry_dim", fp["dim"]))
     pinned = getattr(entry, "fingerprint", None)
     if pinned:
         matches = fingerprint_matches(vectors, pinned)
         metrics["pinned_fingerprint"] = pinned
         metrics["fingerprint_matches"] = int(matches)
-        gates.append(
-            Gate(
-                "fingerprint equals pinned value",
-                "fingerprint_matches",
-                int(matches),
-                "==",
-                1,
-                "registry",
-            )
-        )
+        gates.append(make_gate(ctx, "fingerprint", "fingerprint_matches", int(matches)))
     message = _fingerprint_message(ctx, fp, gates, pinned)
     return from_gates(
         "fingerprint",
@@ -759,20 +747,8 @@ def check_alignment(ctx: CheckContext) -> CheckResult:
     except ValueError as exc:
         raise CheckSkipped(f"dataset '{ctx.name}': {exc}") from None
     details = m.pop("details")
-    threshold = float(ctx.threshold("alignment_p5", ALIGNMENT_P5))
-    # Re-encoding a text with the encoder that made its vector reproduces it (cosine ~1 for
-    # any encoder), so an absolute threshold is principled here, unlike semantic cosines.
-    kind: GateKind = "registry" if ctx.has_threshold("alignment_p5") else "absolute"
-    gates = [
-        Gate(
-            "texts re-encode to their stored vectors",
-            "cosine_p5",
-            m["cosine_p5"],
-            ">=",
-            threshold,
-            kind,
-        )
-    ]
+    gates = [make_gate(ctx, "alignment", "cosine_p5", m["cosine_p5"])]
+    threshold = float(gates[0].threshold)
     return from_gates("alignment", m, gates, _alignment_message(m, threshold), details)
 
 

@@ -42,6 +42,8 @@ from lvmqa.coherence import (
     seeded_rng,
 )
 from lvmqa.errors import LvmqaError
+from lvmqa.gates import applies
+from lvmqa.gates import make as make_gate
 from lvmqa.results import CheckResult, Gate, from_gates
 
 if TYPE_CHECKING:
@@ -561,61 +563,19 @@ def _integrity_gates(
 ) -> list[Gate]:
     gates: list[Gate] = []
     if checked:
-        gates.append(
-            Gate(
-                "windows stay inside one article",
-                "crossing_share",
-                metrics["crossing_share"],
-                "<=",
-                float(ctx.threshold("max_crossing_share", 0.0)),
-                "structural",
-            )
-        )
-        gates.append(
-            Gate(
-                "chunks never go backwards inside a window",
-                "wrong_order_share",
-                metrics["wrong_order_share"],
-                "<=",
-                float(ctx.threshold("max_wrong_order_share", 0.0)),
-                "structural",
-            )
-        )
-        if ctx.has_threshold("max_non_consecutive_share"):
-            gates.append(
-                Gate(
-                    "windows do not skip chunks",
-                    "non_consecutive_share",
-                    metrics["non_consecutive_share"],
-                    "<=",
-                    float(ctx.threshold("max_non_consecutive_share", 0.0)),
-                    "registry",
-                )
-            )
+        for metric in ("crossing_share", "wrong_order_share"):
+            gates.append(make_gate(ctx, "sequence_integrity", metric, metrics[metric]))
+        if applies(ctx, "sequence_integrity", "non_consecutive_share"):
+            value = metrics["non_consecutive_share"]
+            gates.append(make_gate(ctx, "sequence_integrity", "non_consecutive_share", value))
     elif file_order_is_window_order:
         # No ids for any window, and the windows slide over the rows: the file order is
         # the window order, so the statistical ordering test is the evidence.
-        gates.append(
-            Gate(
-                "file order keeps article structure (decay and break tests)",
-                "ordering_broken",
-                int(ordering.verdict == "broken"),
-                "==",
-                0,
-                "statistical",
-            )
-        )
+        broken = int(ordering.verdict == "broken")
+        gates.append(make_gate(ctx, "sequence_integrity", "ordering_broken", broken))
     if profile.rises is not None:
-        gates.append(
-            Gate(
-                "context-position profile rises toward the target",
-                "position_profile_rises",
-                int(profile.rises),
-                "==",
-                1,
-                "statistical",
-            )
-        )
+        rises = int(profile.rises)
+        gates.append(make_gate(ctx, "sequence_integrity", "position_profile_rises", rises))
     return gates
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lvmqa.gates import make as make_gate
 from lvmqa.results import CheckResult, Gate, from_gates
 
 if TYPE_CHECKING:
@@ -122,36 +123,17 @@ def norm_statistics(dataset: Any, chunk_rows: int | None = None) -> dict[str, An
 
 def check_norms(ctx: CheckContext) -> CheckResult:
     m = ctx.cached("norm_statistics", lambda: norm_statistics(ctx.dataset))
-    tol = float(ctx.threshold("norm_mean_tolerance", NORM_MEAN_TOLERANCE))
-    std_max = float(ctx.threshold("norm_std_max", NORM_STD_MAX))
-    kind = ctx.threshold_kind("norm_mean_tolerance")
     gates: list[Gate] = []
     for part in ("target", "context"):
         mean = m[f"{part}_norm_mean"]
+        error = None if np.isnan(mean) else abs(mean - 1.0)
         gates += [
-            Gate(
-                f"{part} norms near 1",
-                f"{part}_norm_mean_error",
-                None if np.isnan(mean) else abs(mean - 1.0),
-                "<",
-                tol,
-                kind,
-            ),
-            Gate(
-                f"{part} norm spread", f"{part}_norm_std", m[f"{part}_norm_std"], "<", std_max, kind
-            ),
+            make_gate(ctx, "norms", f"{part}_norm_mean_error", error),
+            make_gate(ctx, "norms", f"{part}_norm_std", m[f"{part}_norm_std"]),
         ]
         for bad in ("nan", "inf", "zero"):
-            gates.append(
-                Gate(
-                    f"no {bad} {part} vectors",
-                    f"{part}_{bad}_count",
-                    m[f"{part}_{bad}_count"],
-                    "==",
-                    0,
-                    "structural",
-                )
-            )
+            metric = f"{part}_{bad}_count"
+            gates.append(make_gate(ctx, "norms", metric, m[metric]))
     failed = [g for g in gates if not g.passed]
     if not failed:
         message = (

@@ -33,6 +33,13 @@ class Gate:
     a design default, a value calibrated for this encoder, a registry override,
     a comparison with the baseline dataset or the trivial predictors, a statistical
     test, or a structural invariant (e.g. zero boundary crossings).
+
+    Gates built from the declared table (:mod:`lvmqa.gates`) also carry their table
+    id, the threshold key, a sentence saying where the threshold came from, and the
+    confidence interval of the value where the check has one. A gate with ``null`` set
+    is a significance test: it fails only when the value is beyond the threshold AND
+    its CI lies entirely on the worse side of ``null`` (no change), so sampling noise
+    alone cannot fail it.
     """
 
     name: str
@@ -41,23 +48,60 @@ class Gate:
     op: str
     threshold: float | int
     kind: GateKind = "absolute"
+    gate_id: str = ""
+    key: str | None = None
+    source: str = ""
+    ci: tuple[float, float] | None = None
+    null: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The gate's id in the declared table (its metric for gates built by hand)."""
+        return self.gate_id or self.metric
+
+    @property
+    def beyond_threshold(self) -> bool:
+        """The value alone fails the comparison (missing and NaN values fail)."""
+        if self.value is None:
+            return True
+        if isinstance(self.value, float) and math.isnan(self.value):
+            return True
+        return not bool(_OPS[self.op](self.value, self.threshold))
+
+    @property
+    def ci_bound(self) -> float | None:
+        """The CI bound on the worse side: the upper one when higher is better."""
+        if self.ci is None:
+            return None
+        return self.ci[1] if self.op in (">=", ">") else self.ci[0]
+
+    @property
+    def significant(self) -> bool:
+        """For a significance gate: the CI excludes ``null`` on the worse side."""
+        bound = self.ci_bound
+        if self.null is None or bound is None or math.isnan(bound):
+            return False
+        return bound < self.null if self.op in (">=", ">") else bound > self.null
 
     @property
     def passed(self) -> bool:
-        if self.value is None:
-            return False
-        if isinstance(self.value, float) and math.isnan(self.value):
-            return False
-        return bool(_OPS[self.op](self.value, self.threshold))
+        if self.null is not None and self.value is not None:
+            return not (self.beyond_threshold and self.significant)
+        return not self.beyond_threshold
 
     def describe(self) -> str:
         value = _fmt(self.value)
         verdict = "ok" if self.passed else "FAILED"
         threshold = _fmt(self.threshold)
-        return f"{self.name}: {self.metric}={value} {self.op} {threshold} ({self.kind}) {verdict}"
+        ci = ""
+        if self.ci is not None:
+            ci = f", CI {_fmt(self.ci[0])}..{_fmt(self.ci[1])}"
+        return (
+            f"{self.name}: {self.metric}={value} {self.op} {threshold}{ci} ({self.kind}) {verdict}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "metric": self.metric,
             "value": to_jsonable(self.value),
@@ -66,6 +110,38 @@ class Gate:
             "kind": self.kind,
             "passed": self.passed,
         }
+        if self.gate_id:
+            out["id"] = self.gate_id
+        if self.key is not None:
+            out["key"] = self.key
+        if self.source:
+            out["source"] = self.source
+        if self.ci is not None:
+            out["ci"] = to_jsonable(list(self.ci))
+        if self.null is not None:
+            out["null"] = self.null
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Gate:
+        ci = data.get("ci")
+        return cls(
+            name=data["name"],
+            metric=data["metric"],
+            value=data["value"],
+            op=data["op"],
+            threshold=data["threshold"],
+            kind=data.get("kind", "absolute"),
+            gate_id=data.get("id", ""),
+            key=data.get("key"),
+            source=data.get("source", ""),
+            ci=None if ci is None else (_float(ci[0]), _float(ci[1])),
+            null=data.get("null"),
+        )
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _fmt(value: object) -> str:
@@ -106,17 +182,7 @@ class CheckResult:
 
     @classmethod
     def from_json(cls, check_id: str, data: Mapping[str, Any]) -> CheckResult:
-        gates = [
-            Gate(
-                name=g["name"],
-                metric=g["metric"],
-                value=g["value"],
-                op=g["op"],
-                threshold=g["threshold"],
-                kind=g.get("kind", "absolute"),
-            )
-            for g in data.get("gates", [])
-        ]
+        gates = [Gate.from_json(g) for g in data.get("gates", [])]
         return cls(
             check_id=check_id,
             status=data["status"],

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lvmqa.errors import CheckSkipped, LvmqaError
-from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+from lvmqa.gates import make as make_gate
+from lvmqa.results import CheckResult, from_gates
 
 if TYPE_CHECKING:
     import faiss
@@ -680,10 +681,6 @@ def _groups(ctx: CheckContext) -> np.ndarray:
     return ctx.cached("exact_duplicate_groups", lambda: exact_duplicate_groups(_targets(ctx)))
 
 
-def _gate_kind(ctx: CheckContext, key: str) -> GateKind:
-    return "registry" if ctx.has_threshold(key) else "absolute"
-
-
 def check_oracle_recall(ctx: CheckContext) -> CheckResult:
     options = ctx.options
     targets = _targets(ctx)
@@ -701,22 +698,8 @@ def check_oracle_recall(ctx: CheckContext) -> CheckResult:
     # recall@1/5 depend on tie order, which says nothing about the index or the space.
     # Duplicates are the duplicates check's finding, gated there.
     gates = [
-        Gate(
-            "own vector retrievable in top 5",
-            "dup_aware_recall_at_5",
-            m["dup_aware_recall_at_5"],
-            ">=",
-            float(ctx.threshold("recall_at_5", RECALL_AT_5)),
-            _gate_kind(ctx, "recall_at_5"),
-        ),
-        Gate(
-            "own vector retrievable in top 1000",
-            "dup_aware_recall_at_1000",
-            m["dup_aware_recall_at_1000"],
-            ">=",
-            float(ctx.threshold("recall_at_1000", RECALL_AT_1000)),
-            _gate_kind(ctx, "recall_at_1000"),
-        ),
+        make_gate(ctx, "oracle_recall", "dup_aware_recall_at_5", m["dup_aware_recall_at_5"]),
+        make_gate(ctx, "oracle_recall", "dup_aware_recall_at_1000", m["dup_aware_recall_at_1000"]),
     ]
     return from_gates("oracle_recall", m, gates, recall_message(m))
 
@@ -760,25 +743,14 @@ def check_duplicates(ctx: CheckContext) -> CheckResult:
         duplicate_groups=_groups(ctx),
     )
     details = m.pop("details")
-    limit = float(ctx.threshold("duplicate_share", DUPLICATE_SHARE))
-    kind = _gate_kind(ctx, "duplicate_share")
+    near_ci = (
+        None
+        if m["near_duplicate_exhaustive"]
+        else (m["near_duplicate_share_ci_low"], m["near_duplicate_share_ci_high"])
+    )
     gates = [
-        Gate(
-            "exact duplicate targets",
-            "exact_duplicate_share",
-            m["exact_duplicate_share"],
-            "<=",
-            limit,
-            kind,
-        ),
-        Gate(
-            "near-duplicate targets",
-            "near_duplicate_share",
-            m["near_duplicate_share"],
-            "<=",
-            limit,
-            kind,
-        ),
+        make_gate(ctx, "duplicates", "exact_duplicate_share", m["exact_duplicate_share"]),
+        make_gate(ctx, "duplicates", "near_duplicate_share", m["near_duplicate_share"], ci=near_ci),
     ]
     return from_gates("duplicates", m, gates, duplicates_message(m), details)
 

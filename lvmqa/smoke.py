@@ -54,7 +54,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 
 from lvmqa.errors import CheckSkipped, LvmqaError
-from lvmqa.results import CheckResult, Gate, GateKind, from_gates
+from lvmqa.gates import applies
+from lvmqa.gates import make as make_gate
+from lvmqa.results import CheckResult, Gate, from_gates
 
 T = TypeVar("T")
 
@@ -714,23 +716,9 @@ def mean_context_gain_test(
     detectable = (critical + t_critical(z, k, power=0.8)) * se if k >= 2 else math.inf
     powered = expected > 0.0 and detectable <= expected
     if powered:
-        gate = Gate(
-            "beats_mean_of_context",
-            "val_cosine_gain_lower_bound",
-            gain - critical * se,
-            ">",
-            0.0,
-            "statistical",
-        )
+        gate = make_gate(None, "smoke_train", "val_cosine_gain_lower_bound", gain - critical * se)
     else:
-        gate = Gate(
-            "not_worse_than_mean_of_context",
-            "val_cosine_gain_upper_bound",
-            gain + critical * se,
-            ">=",
-            0.0,
-            "statistical",
-        )
+        gate = make_gate(None, "smoke_train", "val_cosine_gain_upper_bound", gain + critical * se)
     return GainTest(gain, se, k, critical, expected, detectable, powered, gate)
 
 
@@ -1760,10 +1748,10 @@ def _threshold_gate(
     ctx: CheckContext, key: str, name: str, metric: str, value: float
 ) -> list[Gate]:
     """An absolute cosine gate, only where calibrated for the encoder or set in the registry."""
-    if not ctx.has_threshold(key):
+    check_id = "ood_eval" if key == "ood_min" else "smoke_train"
+    if not applies(ctx, check_id, metric):
         return []
-    gate_kind: GateKind = "calibrated" if ctx.threshold_kind(key) == "calibrated" else "registry"
-    return [Gate(name, metric, value, ">=", float(ctx.threshold(key, 0.0)), gate_kind)]
+    return [make_gate(ctx, check_id, metric, value)]
 
 
 def _fault_message(where: str, score: float, verdict: FaultVerdict, extra: str = "") -> str:
@@ -1813,17 +1801,8 @@ def check_smoke_train(ctx: CheckContext) -> CheckResult:
     m.update(comparison)
     upper = comparison.get("val_cosine_drift_pct_upper_vs_baseline")
     if upper is not None:
-        limit = float(ctx.threshold("smoke_baseline_drift_pct_min", DEFAULT_BASELINE_DRIFT_PCT))
-        gates.append(
-            Gate(
-                "not_below_baseline_dataset",
-                "val_cosine_drift_pct_upper_vs_baseline",
-                upper,
-                ">=",
-                limit,
-                "statistical",
-            )
-        )
+        metric = "val_cosine_drift_pct_upper_vs_baseline"
+        gates.append(make_gate(ctx, "smoke_train", metric, upper))
     if m["evaluation_fault"]:
         extra = (
             "" if run.roundtrip_ok else "; a reloaded checkpoint does not reproduce its val score"
@@ -1935,16 +1914,7 @@ def check_ood_eval(ctx: CheckContext) -> CheckResult:
         *_threshold_gate(ctx, "ood_min", "ood_cosine_min", "ood_cosine", scores.cosine),
     ]
     if math.isfinite(shift_zscore):
-        gates.append(
-            Gate(
-                "ood_gain_not_below_val_gain",
-                "ood_gain_shift_z",
-                shift_zscore,
-                ">=",
-                -float(ctx.threshold("ood_gain_shift_z_min", DEFAULT_SHIFT_Z)),
-                "statistical",
-            )
-        )
+        gates.append(make_gate(ctx, "ood_eval", "ood_gain_shift_z", shift_zscore))
     if scores.fault.fault:
         message = _fault_message(f"OOD split '{ood_ctx.name}'", scores.cosine, scores.fault)
         return CheckResult("ood_eval", "error", metrics, message, gates)
