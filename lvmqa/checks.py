@@ -172,7 +172,7 @@ class Session:
 
     def open(self, entry: DatasetEntry) -> Dataset:
         path = self.data_path(entry)
-        return Dataset(path, context_length=entry.context_length)
+        return Dataset(path, context_length=entry.context_length, key_map=entry.keys)
 
     def data_path(self, entry: DatasetEntry) -> Path:
         if entry.build is not None:

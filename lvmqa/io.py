@@ -14,6 +14,7 @@ Formats and key aliases follow ``../shared/origin-notes.md``:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ import pandas as pd
 
 from lvmqa.errors import DatasetFormatError
 from lvmqa.npzfile import DataFile, Member, file_sha256
+from lvmqa.registry import KEY_ROLES
 from lvmqa.schema import validate_meta
 
 T = TypeVar("T")
@@ -46,6 +48,81 @@ META_COLUMNS = {
     "context_articles_differ": "boolean",
     "context_chunks_consecutive": "boolean",
 }
+
+# Per-row ids under the names other pipelines give them; the first that fits wins.
+# Top-level arrays win over fields of the per-sequence metadata dicts (and lists of a
+# single-dict metadata); a registry mapping ``[datasets.X.keys] article = "doc_ids"``
+# wins over both. An alias that does not fit (length, type) is skipped and listed in
+# ``Dataset.unused_keys`` with the reason.
+ID_KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "article": (
+        "article_indices",
+        "article_ids",
+        "article_index",
+        "article_id",
+        "article_idx",
+        "doc_ids",
+        "doc_id",
+        "doc_index",
+        "doc_indices",
+        "doc_idx",
+        "document_ids",
+        "document_id",
+        "document_index",
+        "document_indices",
+        "page_ids",
+        "page_id",
+        "page_index",
+    ),
+    "chunk": (
+        "chunk_indices",
+        "target_chunk_index",
+        "target_chunk_indices",
+        "target_chunk_ids",
+        "target_chunk_id",
+        "chunk_index",
+        "chunk_ids",
+        "chunk_id",
+        "chunk_idx",
+        "chunk_positions",
+        "chunk_position",
+        "target_positions",
+        "target_position",
+        "positions",
+        "position",
+        "paragraph_index",
+    ),
+    "title": (
+        "article_titles",
+        "article_title",
+        "titles",
+        "title",
+        "doc_titles",
+        "doc_title",
+        "document_titles",
+        "document_title",
+        "page_titles",
+        "page_title",
+    ),
+    "target_id": (
+        "cpe_ids",
+        "target_ids",
+        "target_cpe_id",
+        "target_cpe_ids",
+        "target_id",
+        "chunk_uids",
+        "chunk_ids",  # string chunk ids name the chunk; integer ones were taken as "chunk"
+    ),
+}
+assert tuple(ID_KEY_ALIASES) == KEY_ROLES
+# The origin's own names: a malformed one stays a format error, as it always was.
+_STRICT_ID_KEYS = {
+    "bank": frozenset({"article_indices", "chunk_indices", "cpe_ids", "article_titles"}),
+    "sequences": frozenset({"target_ids", "article_ids"}),
+}
+_STRICT_META_FIELDS = frozenset({"article_index", "target_chunk_index"})
+_META_FIELDS_READ = frozenset({"last_context_article", "crosses_article"})
+_ROLE_IS_TEXT = {"article": False, "chunk": False, "title": True, "target_id": True}
 
 
 # Rows start:stop of a member as float32 (``slot``: the ring buffer to read them into).
@@ -69,11 +146,27 @@ class Dataset:
 
     kind: Literal["sequences", "bank"]
 
-    def __init__(self, path: str | Path, *, context_length: int = 5) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        context_length: int = 5,
+        key_map: Mapping[str, str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.data = DataFile(self.path)
         self.source = str(self.path)
         self.keys: dict[str, str] = {}
+        # role -> where its per-row ids were read: "doc_ids" or "metadata.article_index"
+        self.id_keys: dict[str, str] = {}
+        # file keys lvmqa did not read: key -> {"shape", "dtype", "note"} (see unused_keys)
+        self.unused_keys: dict[str, dict[str, Any]] = {}
+        self._key_map = _checked_key_map(key_map, self.source)
+        self._skipped_keys: dict[str, str] = {}
+        self._used_meta_fields: set[str] = set()
+        self._meta_field_types: dict[str, str] = {}
+        self._article_per_vector: np.ndarray | None = None
+        self._single_dict_key: str | None = None  # a 1-element array read as file metadata
         self.file_metadata: dict[str, Any] = {}
         self._sha256: str | None = None
         self._hasher: threading.Thread | None = None
@@ -117,6 +210,8 @@ class Dataset:
         if self.kind == "sequences":
             validate_meta(self.meta, source=self.source, bank=False)
         self.has_article_ids = bool(len(self.meta)) and not self.meta["article"].isna().any()
+        self._check_key_map_used()
+        self.unused_keys = self._list_unused_keys()
 
     # ----------------------------------------------------------------- opening
     def _collect_scalars(self) -> None:
@@ -259,13 +354,9 @@ class Dataset:
             )
         self.stored_dtype = self._vectors.dtype
         table = pd.DataFrame(index=pd.RangeIndex(rows))
-        for column, key, dtype in (
-            ("article", "article_indices", "Int64"),
-            ("chunk", "chunk_indices", "Int64"),
-            ("target_id", "cpe_ids", "string"),
-            ("title", "article_titles", "string"),
-        ):
-            table[column] = self._per_row(key, rows, dtype)
+        ids = self._top_level_ids(rows)
+        for column in ("article", "chunk", "target_id", "title"):
+            table[column] = ids.get(column, _all_missing(rows, META_COLUMNS[column]))
         texts = self._text_column("concept_texts", (rows,))
         # Windows are derived from the keys, so they must be valid before anything else.
         validate_meta(table, source=self.source, bank=True)
@@ -403,30 +494,169 @@ class Dataset:
         if per_seq is not None:
             for column in per_seq.columns:
                 meta[column] = per_seq[column]
-        if "target_ids" in self.data:
-            meta["target_id"] = self._per_row("target_ids", n, "string").to_numpy()
-        if "article_ids" in self.data:
-            self._index_article_ids(meta)
+        per_vector = self._vectors.shape[0] if self._vectors is not None else None
+        found = self._top_level_ids(n, per_vector=per_vector)
+        for role, values in self._single_dict_ids(n, exclude=set(found)).items():
+            found.setdefault(role, values)
+        for role, values in found.items():
+            meta[role] = values.to_numpy()
+        if self._article_per_vector is not None:
+            assert self._bank_context_rows is not None
+            context_article = self._article_per_vector[self._bank_context_rows]
+            target_article = meta["article"].to_numpy(np.int64)
+            meta["context_articles_differ"] = (context_article != target_article[:, None]).any(1)
         if "sequence_positions" in self.data:
             meta["position"] = self._per_row("sequence_positions", n, "Int64").to_numpy()
         for column, dtype in META_COLUMNS.items():
             meta[column] = meta[column].astype(dtype)
         return meta
 
-    def _index_article_ids(self, meta: pd.DataFrame) -> None:
-        """``article_ids`` per sequence, or (index layout) per row of ``vectors``."""
-        shape = self.data.members["article_ids"].shape
-        vectors = self._vectors
-        if vectors is None or shape == (self.n,) or shape != (vectors.shape[0],):
-            meta["article"] = self._per_row("article_ids", self.n, "Int64").to_numpy()
-            return
-        per_vector = self._per_row("article_ids", vectors.shape[0], "Int64").to_numpy(np.int64)
-        assert self._bank_rows is not None
-        assert self._bank_context_rows is not None
-        target_article = per_vector[self._bank_rows]
-        meta["article"] = target_article
-        context_article = per_vector[self._bank_context_rows]
-        meta["context_articles_differ"] = (context_article != target_article[:, None]).any(1)
+    # ----------------------------------------------------------- id aliases
+    def _top_level_ids(self, rows: int, *, per_vector: int | None = None) -> dict[str, pd.Series]:
+        """Per-row id columns found among the top-level arrays, by role.
+
+        ``per_vector``: an index layout's vector rows; an array with one value per vector
+        is read through the target indices (and, for articles, the context indices).
+        """
+        found: dict[str, pd.Series] = {}
+        strict_keys = _STRICT_ID_KEYS[self.kind]
+        for role in KEY_ROLES:
+            explicit = self._key_map.get(role)
+            candidates = [explicit] if explicit is not None else list(ID_KEY_ALIASES[role])
+            for key in candidates:
+                member = self.data.members.get(key)
+                if member is None or not member.shape or key in self.id_keys.values():
+                    continue
+                strict = explicit is not None or key in strict_keys
+                shapes = [(rows,)] if per_vector is None else [(rows,), (per_vector,)]
+                if member.shape not in shapes:
+                    if strict:
+                        raise DatasetFormatError(
+                            "per-row array disagrees in length",
+                            path=self.path,
+                            key=key,
+                            expected=f"shape ({rows},)",
+                            found=f"shape {member.shape}",
+                        )
+                    self._skipped_keys[key] = (
+                        f"named like {role} ids but shape {member.shape} is not one per row"
+                    )
+                    continue
+                values = _role_series(role, pd.Series(np.asarray(member.load())))
+                if isinstance(values, str):
+                    if strict:
+                        raise DatasetFormatError(
+                            "ids must be integers" if not _ROLE_IS_TEXT[role] else values,
+                            path=self.path,
+                            key=key,
+                            expected="integer array",
+                            found=f"{member.dtype}: {values}",
+                        )
+                    self._skipped_keys[key] = f"named like {role} ids but {values}"
+                    continue
+                if member.shape != (rows,):  # one value per vector of an index layout
+                    assert self._bank_rows is not None
+                    per_row = values.to_numpy()[self._bank_rows]
+                    if role == "article" and not values.isna().any():
+                        self._article_per_vector = values.to_numpy(np.int64)
+                    values = pd.Series(pd.array(per_row, dtype=META_COLUMNS[role]))
+                self.keys[key] = key
+                self.id_keys[role] = key
+                found[role] = values
+                break
+        return found
+
+    def _single_dict_ids(self, rows: int, *, exclude: set[str]) -> dict[str, pd.Series]:
+        """Ids stored as lists of one value per row inside a single-dict ``metadata``."""
+        found: dict[str, pd.Series] = {}
+        for role in KEY_ROLES:
+            if role in exclude:
+                continue
+            explicit = self._key_map.get(role)
+            names = [explicit.removeprefix("metadata.")] if explicit else ID_KEY_ALIASES[role]
+            for name in names:
+                value = self.file_metadata.get(name)
+                if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != rows:
+                    continue
+                values = _role_series(role, pd.Series(list(value), dtype=object))
+                if isinstance(values, str):
+                    self._skipped_keys[f"metadata.{name}"] = f"named like {role} ids but {values}"
+                    continue
+                self.id_keys[role] = f"metadata.{name}"
+                found[role] = values
+                break
+        return found
+
+    def _metadata_ids(self, records: pd.DataFrame) -> dict[str, pd.Series]:
+        """Id columns from the fields of per-sequence metadata dicts, by role."""
+        found: dict[str, pd.Series] = {}
+        for role in KEY_ROLES:
+            explicit = self._key_map.get(role)
+            if explicit is not None and explicit in self.data.members:
+                continue  # mapped to a top-level array
+            names = [explicit.removeprefix("metadata.")] if explicit else ID_KEY_ALIASES[role]
+            for name in names:
+                if name not in records.columns:
+                    continue
+                values = _role_series(role, records[name])
+                if isinstance(values, str):
+                    if explicit is not None or name in _STRICT_META_FIELDS:
+                        raise DatasetFormatError(
+                            "metadata field must be an integer",
+                            path=self.source,
+                            key=f"metadata.{name}",
+                            expected="integer",
+                            found=values,
+                        )
+                    self._skipped_keys[f"metadata.{name}"] = f"named like {role} ids but {values}"
+                    continue
+                self._used_meta_fields.add(name)
+                self.id_keys[role] = f"metadata.{name}"
+                found[role] = values
+                break
+        return found
+
+    def _check_key_map_used(self) -> None:
+        for role, key in self._key_map.items():
+            if role not in self.id_keys:
+                fields = sorted(self._meta_field_types)
+                raise DatasetFormatError(
+                    f"the registry maps {role} ids to a key the file does not have",
+                    path=self.path,
+                    key=key,
+                    expected="one of the file's keys "
+                    + ", ".join(sorted(self.data.keys()) + [f"metadata.{f}" for f in fields]),
+                    found="no such key",
+                )
+
+    def _list_unused_keys(self) -> dict[str, dict[str, Any]]:
+        """File keys (and metadata fields) lvmqa did not read, with how to map them."""
+        used = set(self.keys.values()) | set(self.id_keys.values())
+        used |= set(self.data.json_members)
+        if self._single_dict_key is not None:
+            used.add(self._single_dict_key)
+        rows = len(self._bank_table) if self._bank_table is not None else self.n
+        out: dict[str, dict[str, Any]] = {}
+        for key, member in self.data.members.items():
+            if key in used or member.shape == ():
+                continue
+            out[key] = {
+                "shape": list(member.shape),
+                "dtype": str(member.dtype),
+                "note": self._skipped_keys.get(key)
+                or _mapping_hint(key, member.shape, member.dtype, rows),
+            }
+        for field, dtype in self._meta_field_types.items():
+            if field in self._used_meta_fields or field in _META_FIELDS_READ:
+                continue
+            name = f"metadata.{field}"
+            out[name] = {
+                "shape": [self.n],
+                "dtype": dtype,
+                "note": self._skipped_keys.get(name)
+                or _mapping_hint(name, (self.n,), np.dtype(object), self.n),
+            }
+        return out
 
     def has_bank_ids(self) -> bool:
         table = self._bank_table
@@ -443,6 +673,7 @@ class Dataset:
         if raw.shape == (1,) and self.n != 1 and isinstance(raw[0], Mapping):
             # "ONE dict in an object array", stored as a 1-element array
             self.file_metadata.update(raw[0])
+            self._single_dict_key = "metadata"
             return None
         if raw.shape != (self.n,):
             raise DatasetFormatError(
@@ -463,26 +694,17 @@ class Dataset:
             )
         self.keys["metadata"] = "metadata"
         records = pd.DataFrame.from_records(list(raw))
+        self._meta_field_types = {str(c): str(records[c].dtype) for c in records.columns}
         out = pd.DataFrame(index=pd.RangeIndex(self.n))
 
         def column(name: str) -> pd.Series | None:
             return records[name] if name in records.columns else None
 
-        article = column("article_index")
-        if article is not None:
-            out["article"] = _to_int(article, self.source, "metadata.article_index")
-        chunk = column("target_chunk_index")
-        if chunk is not None:
-            out["chunk"] = _to_int(chunk, self.source, "metadata.target_chunk_index")
-        cpe = column("target_cpe_id")
-        if cpe is not None:
-            out["target_id"] = pd.array([_as_text(v) for v in cpe], dtype="string")
-        title = column("article_title")  # lvmqa's own writers add it; origin files may not
-        if title is not None:
-            out["title"] = pd.array([_as_text(v) for v in title], dtype="string")
+        for role, values in self._metadata_ids(records).items():
+            out[role] = values.to_numpy()
         differ = _all_missing(self.n, "boolean")
         last = column("last_context_article")
-        if last is not None and article is not None:
+        if last is not None and "article" in out.columns:
             last_i = _to_int(last, self.source, "metadata.last_context_article")
             differ = (last_i != out["article"]).astype("boolean")
         crosses = column("crosses_article")
@@ -791,9 +1013,84 @@ def _parse_json(raw: str | bytes, source: str, key: str) -> Any:
         raise DatasetFormatError("member is not valid JSON", path=source, key=key) from None
 
 
-def open_dataset(path: str | Path, *, context_length: int = 5) -> Dataset:
-    """Open a bank or sequences file (npz, npy folder) as a read-only Dataset."""
-    return Dataset(path, context_length=context_length)
+def open_dataset(
+    path: str | Path, *, context_length: int = 5, key_map: Mapping[str, str] | None = None
+) -> Dataset:
+    """Open a bank or sequences file (npz, npy folder) as a read-only Dataset.
+
+    ``key_map``: role -> file key (or ``metadata.FIELD``), the registry's
+    ``[datasets.X.keys]``; it wins over the aliases in ``ID_KEY_ALIASES``.
+    """
+    return Dataset(path, context_length=context_length, key_map=key_map)
+
+
+def _checked_key_map(key_map: Mapping[str, str] | None, source: str) -> dict[str, str]:
+    if not key_map:
+        return {}
+    for role, key in key_map.items():
+        if role not in KEY_ROLES:
+            raise DatasetFormatError(
+                "unknown key role",
+                path=source,
+                key=role,
+                expected=f"one of {', '.join(KEY_ROLES)}",
+                found=repr(role),
+            )
+        if not isinstance(key, str) or not key:
+            raise DatasetFormatError(
+                "key mapping must name a file key",
+                path=source,
+                key=role,
+                expected="a key of the file or 'metadata.FIELD'",
+                found=repr(key),
+            )
+    return dict(key_map)
+
+
+def _stable_id(text: str) -> int:
+    """A 62-bit id from a string id: the same name gets the same number in every file."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def _role_series(role: str, values: pd.Series) -> pd.Series | str:
+    """``values`` as the role's meta column, or why they cannot be one (a short reason)."""
+    if _ROLE_IS_TEXT[role]:
+        return pd.Series(
+            pd.array([None if _missing(v) else _as_text(v) for v in values], dtype="string")
+        )
+    if values.dtype.kind == "b":
+        return "the values are booleans"
+    if values.dtype.kind in "iu":
+        return pd.Series(pd.array(values.to_numpy(np.int64), dtype="Int64"))
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = (values.notna() & (numeric.isna() | (numeric % 1 != 0))).to_numpy()
+    if not bad.any():
+        return numeric.round().astype("Int64").reset_index(drop=True)
+    texts = values[bad]
+    if role == "article" and all(isinstance(v, (str, bytes)) for v in texts):
+        # string document ids ("guide/intro.md"): hashed, so two files agree on a name
+        ids = [None if _missing(v) else _stable_id(str(_as_text(v))) for v in values]
+        return pd.Series(pd.array(ids, dtype="Int64"))
+    row = int(np.flatnonzero(bad)[0])
+    return f"{values.iloc[row]!r} at row {row} is not an integer"
+
+
+def _mapping_hint(key: str, shape: tuple[int, ...], dtype: np.dtype, rows: int) -> str:
+    """How to use an unread key, from its shape and type."""
+    if len(shape) != 1 or shape[0] != rows:
+        return "not one value per row; lvmqa does not read it"
+    roles: tuple[str, ...]
+    if dtype.kind in "iuf":
+        roles = ("article", "chunk")
+    elif dtype.kind in "OUS":
+        roles = ("title", "target_id", "article")
+    else:
+        return "one value per row of a type lvmqa does not read"
+    return (
+        f"one value per row: if these are {' or '.join(roles)} ids, map them in lvmqa.toml "
+        f'with [datasets.NAME.keys] {roles[0]} = "{key}"'
+    )
 
 
 def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:

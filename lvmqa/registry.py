@@ -18,6 +18,8 @@ from lvmqa.errors import RegistryError
 DEFAULT_CONFIG_NAME = "lvmqa.toml"
 BUNDLED_MINILM = "all-MiniLM-L6-v2"
 SPLIT_ROLES = ("val", "ood")
+# Roles of per-row ids a ``[datasets.X.keys]`` table may map to file keys (lvmqa.io).
+KEY_ROLES = ("article", "chunk", "title", "target_id")
 
 # Thresholds calibrated by the origin project for GTR-T5 on Wikipedia (seed-diagnosis.md).
 # Applied only to datasets whose encoder is a GTR-T5 model; other encoders have other
@@ -41,6 +43,7 @@ _DATASET_KEYS = {
     "description",
     "context_length",
     "blocklist",
+    "keys",
 }
 _ENCODER_KEYS = {"model", "dim", "fingerprint", "thresholds", "description"}
 _BUILD_KEYS = {"from", "windows", "context", "layout"}
@@ -86,6 +89,7 @@ class DatasetEntry:
     context_length: int = 5
     description: str = ""
     from_registry: bool = True
+    keys: Mapping[str, str] = field(default_factory=dict)  # id role -> file key
 
     def split_name(self, role: str) -> str | None:
         return {"val": self.val, "ood": self.ood}.get(role)
@@ -268,6 +272,7 @@ def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
     return DatasetEntry(
         name=name,
         path=data_path,
+        keys=_key_map(path, where + ".keys", body.get("keys", {})),
         thresholds=thresholds,
         build=build,
         context_length=_positive_int(
@@ -280,6 +285,22 @@ def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
         val=refs["val"],
         ood=refs["ood"],
     )
+
+
+def _key_map(path: Path, where: str, value: Any) -> dict[str, str]:
+    """``[datasets.X.keys]``: id role -> the file key (or ``metadata.FIELD``) holding it."""
+    if not isinstance(value, dict):
+        raise RegistryError("'keys' must be a table", path=path, key=where)
+    for role, key in value.items():
+        if role not in KEY_ROLES:
+            raise RegistryError(
+                f"unknown id role '{role}'",
+                path=path,
+                key=f"{where}.{role}",
+                expected=f"one of {', '.join(KEY_ROLES)}",
+            )
+        _text(path, f"{where}.{role}", key)
+    return dict(value)
 
 
 def _thresholds(path: Path, where: str, value: Any) -> Mapping[str, Any]:

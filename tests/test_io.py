@@ -549,3 +549,141 @@ def test_chunked_iteration_equals_in_memory(
         streamed = np.concatenate([block for _, block in ds.iter_target_chunks(rows)])
         np.testing.assert_array_equal(streamed, targets)
         np.testing.assert_array_equal(ds.targets_matrix(), targets)
+
+
+# ------------------------------------------------------------- ids under any name
+def plain_sequences(n: int = 12, seed: int = 9) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "context_sequences": unit_rows(rng, (n, C, D)),
+        "target_vectors": unit_rows(rng, (n, D)),
+    }
+
+
+def test_top_level_ids_under_other_names_are_read_and_the_rest_listed(tmp_path: Path) -> None:
+    n = 12
+    arrays = plain_sequences(n)
+    save(
+        tmp_path / "s.npz",
+        **arrays,
+        article_index=np.arange(n) // 4,  # the names of the documentation corpus
+        target_chunk_index=(np.arange(n) % 4 + C).astype(np.int32),
+        quality_scores=np.linspace(0, 1, n),
+        context_mask=np.ones((n, C), dtype=bool),
+    )
+    ds = open_dataset(tmp_path / "s.npz")
+    assert ds.has_article_ids
+    assert ds.meta["article"].tolist() == [i // 4 for i in range(n)]
+    assert ds.meta["chunk"].tolist() == [i % 4 + C for i in range(n)]
+    assert ds.id_keys == {"article": "article_index", "chunk": "target_chunk_index"}
+    assert set(ds.unused_keys) == {"quality_scores", "context_mask"}
+    scores = ds.unused_keys["quality_scores"]
+    assert (scores["shape"], scores["dtype"]) == ([n], "float64")
+    assert 'chunk = "quality_scores"' in scores["note"] or "article" in scores["note"]
+    assert ds.unused_keys["context_mask"]["shape"] == [n, C]
+    assert "not one value per row" in ds.unused_keys["context_mask"]["note"]
+
+
+def test_metadata_fields_under_other_names(tmp_path: Path) -> None:
+    n = 8
+    meta = np.empty(n, dtype=object)
+    meta[:] = [
+        {"doc_id": f"guide/page{i // 4}.md", "position": i % 4, "tag": "x"} for i in range(n)
+    ]
+    save(tmp_path / "s.npz", **plain_sequences(n), metadata=meta)
+    ds = open_dataset(tmp_path / "s.npz")
+    assert ds.id_keys == {"article": "metadata.doc_id", "chunk": "metadata.position"}
+    articles = ds.meta["article"].tolist()
+    # string document ids become stable numbers: equal names equal, different names differ
+    assert articles[:4] == [articles[0]] * 4 and articles[4:] == [articles[4]] * 4
+    assert articles[0] != articles[4] and min(articles) >= 0
+    assert ds.meta["chunk"].tolist() == [i % 4 for i in range(n)]
+    assert list(ds.unused_keys) == ["metadata.tag"]
+
+    # the same document name gets the same id in another file (leakage compares them)
+    save(tmp_path / "t.npz", **plain_sequences(n, seed=3), metadata=meta[::-1].copy())
+    other = open_dataset(tmp_path / "t.npz")
+    assert set(other.meta["article"].tolist()) == set(articles)
+
+
+def test_single_dict_metadata_with_per_row_lists(tmp_path: Path) -> None:
+    n = 6
+    info = np.empty(1, dtype=object)
+    info[0] = {"source": "docs", "document_ids": [0, 0, 0, 1, 1, 1]}
+    save(tmp_path / "s.npz", **plain_sequences(n), metadata=info)
+    ds = open_dataset(tmp_path / "s.npz")
+    assert ds.meta["article"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.id_keys == {"article": "metadata.document_ids"}
+    assert ds.unused_keys == {}  # the one dict was read, as file metadata
+
+
+def test_an_alias_that_does_not_fit_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    n = 6
+    save(
+        tmp_path / "s.npz",
+        **plain_sequences(n),
+        doc_ids=np.arange(n + 1),  # wrong length: not ids of these rows
+        chunk_id=np.array([0.5] * n),  # not integers
+        page_id=np.arange(n) // 3,
+    )
+    ds = open_dataset(tmp_path / "s.npz")
+    assert ds.id_keys == {"article": "page_id"}
+    assert ds.meta["article"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert "not one per row" in ds.unused_keys["doc_ids"]["note"]
+    assert "not an integer" in ds.unused_keys["chunk_id"]["note"]
+
+
+def test_registry_key_map_wins_and_a_missing_key_is_one_line(tmp_path: Path) -> None:
+    from lvmqa.checks import Session
+    from lvmqa.errors import DatasetFormatError, RegistryError
+    from lvmqa.registry import load_registry
+
+    n = 6
+    save(
+        tmp_path / "s.npz",
+        **plain_sequences(n),
+        article_ids=np.zeros(n, dtype=np.int64),
+        section_of=np.arange(n) // 2,
+    )
+    (tmp_path / "lvmqa.toml").write_text(
+        '[datasets.d]\npath = "s.npz"\n[datasets.d.keys]\narticle = "section_of"\n',
+        encoding="utf-8",
+    )
+    session = Session(load_registry(tmp_path / "lvmqa.toml"))
+    ds = session.context("d").dataset
+    assert ds.meta["article"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert ds.id_keys == {"article": "section_of"}
+    assert "article_ids" in ds.unused_keys  # the alias lost to the explicit mapping
+
+    with pytest.raises(DatasetFormatError, match="doc_ids") as info:
+        open_dataset(tmp_path / "s.npz", key_map={"article": "doc_ids"})
+    assert "\n" not in str(info.value) and "section_of" in str(info.value)
+    (tmp_path / "bad.toml").write_text(
+        '[datasets.d]\npath = "s.npz"\n[datasets.d.keys]\nparagraph = "x"\n', encoding="utf-8"
+    )
+    with pytest.raises(RegistryError, match="paragraph"):
+        load_registry(tmp_path / "bad.toml")
+
+
+@given(
+    st.sampled_from(
+        ["article_ids", "article_index", "doc_ids", "doc_id", "document_id", "document_index"]
+    ),
+    st.sampled_from(["chunk_index", "target_chunk_index", "chunk_id", "position"]),
+    st.lists(st.integers(0, 50), min_size=1, max_size=20),
+)
+def test_any_alias_pair_reads_the_same_ids(
+    article_key: str, chunk_key: str, ids: list[int]
+) -> None:
+    n = len(ids)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "s.npz"
+        save(
+            path,
+            **plain_sequences(n),
+            **{article_key: np.array(ids), chunk_key: np.arange(n)[::-1].copy()},
+        )
+        ds = open_dataset(path)
+        assert ds.meta["article"].tolist() == ids
+        assert ds.meta["chunk"].tolist() == list(range(n))[::-1]
+        assert ds.unused_keys == {}
