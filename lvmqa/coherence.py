@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
+from lvmqa import gates as gate_table
 from lvmqa.errors import CheckSkipped, LvmqaError
 from lvmqa.io import prefetched
 from lvmqa.progress import Task
@@ -1327,7 +1328,17 @@ def check_coherence(ctx: CheckContext) -> CheckResult:
     metrics["random_pair_mean"] = cpass.random_pair_mean
     metrics["sliding_window_share"] = cpass.sliding_window_share
 
+    excess, excess_ci, read_as = _excess_over_random(ctx, series, cpass)
+    metrics["adjacent_excess_over_random"] = excess
+    metrics["adjacent_excess_over_random_ci"] = list(excess_ci)
+    metrics["adjacent_excess_over_random_ci_low"] = excess_ci[0]
+    metrics["adjacent_excess_definition"] = read_as
     gates = _absolute_coherence_gates(ctx, summaries["file_order"])
+    gates.append(
+        gate_table.make(
+            ctx, "coherence", "adjacent_excess_over_random_ci_low", excess_ci[0], ci=excess_ci
+        )
+    )
     order = article_order(ctx)
     details: dict[str, Any] = {
         "histogram_edges": [float(e) for e in HIST_EDGES],
@@ -1341,6 +1352,28 @@ def check_coherence(ctx: CheckContext) -> CheckResult:
     return from_gates(
         "coherence", metrics, gates, _coherence_message(summaries, cpass, gates), details
     )
+
+
+def _excess_over_random(
+    ctx: CheckContext, series: dict[str, np.ndarray], cpass: CoherencePass
+) -> tuple[float, tuple[float, float], str]:
+    """How much more alike the vectors the model reads side by side are than random
+    pairs of the same data, with a block-bootstrap CI.
+
+    This is the gate that needs no calibration: for any encoder and corpus, adjacent
+    chunks of real text are more alike than random pairs, so a CI that reaches zero
+    means the sequences carry no order signal (shuffled rows, wrong vectors, noise).
+    """
+    name = "within_window" if "within_window" in series else "last_context_to_target"
+    values = series[name]
+    level = cpass.random_pair_mean
+    if not np.isfinite(values).any() or not math.isfinite(level):
+        return float("nan"), (float("nan"), float("nan")), name
+    rng = seeded_rng(ctx, "coherence:excess")
+    boot = block_bootstrap_means(values, block_length(values), BOOTSTRAP_REPS, rng)[:, 0]
+    mean = float(np.nanmean(values))
+    low, high = percentile_ci(boot)
+    return mean - level, (low - level, high - level), name
 
 
 def _absolute_coherence_gates(ctx: CheckContext, file_order: CosineSummary) -> list[Gate]:
@@ -1396,9 +1429,10 @@ def _coherence_message(
     excluded = cpass.invalid_targets + cpass.invalid_context_vectors
     if excluded:
         parts.append(f"{excluded} zero/NaN vectors excluded")
-    if not gates:
+    if len(gates) == 1:
         parts.append(
-            "no absolute gate for this encoder; judged relative to the baseline in coherence_drift"
+            "no absolute level calibrated for this encoder: gated on adjacency above random "
+            "pairs, and relative to the baseline in coherence_drift"
         )
     return "; ".join(parts)
 

@@ -70,15 +70,21 @@ class Facts:
 
 @dataclass
 class Cause:
+    """A candidate root cause. ``confidence`` is a measured share (see :func:`_score`):
+    of the coherence gap its remedy recovers, or of its own check's gap."""
+
     code: str
     confidence: float
     evidence: list[str] = field(default_factory=list)
+    own_share: float | None = None
+    measured: str | None = None  # "coherence", "own", or None (not measurable)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "code": self.code,
             "title": TITLES[self.code],
             "confidence": round(min(max(self.confidence, 0.0), 0.99), 2),
+            "measured_on": self.measured,
             "evidence": self.evidence,
         }
 
@@ -119,6 +125,13 @@ def _f(value: Any, digits: int = 4) -> str:
 
 
 # ----------------------------------------------------------------------------- rules
+# Each rule gathers the evidence for one candidate cause from its own failed check,
+# and says how much of that check's own gap the cause's remedy recovers
+# (``own_share``). How much of the *coherence* gap a remedy recovers comes from
+# lvmqa.attribution and decides the ranking where the data lost coherence.
+COHERENCE_FAMILY = ("ordering_or_boundary", "duplicates", "low_coherence_dilution", "split_leakage")
+
+
 def _normalization(results: Mapping[str, CheckResult]) -> Cause | None:
     if _status(results, "norms") != "failed":
         return None
@@ -131,9 +144,15 @@ def _normalization(results: Mapping[str, CheckResult]) -> Cause | None:
     mean, std = _num(m.get("target_norm_mean")), _num(m.get("target_norm_std"))
     evidence = [f"target norms: mean {_f(mean, 6)}, std {_f(std, 4)} (expected 1 ± 0.01)"]
     if bad:
-        evidence.append(f"{bad} vectors are NaN, Inf or all-zero")
-    off = abs((mean or 1.0) - 1.0) + (std or 0.0)
-    return Cause("normalization", 0.7 + min(0.25, 5 * off) + (0.05 if bad else 0), evidence)
+        evidence.append(
+            f"{bad} vectors are NaN, Inf or all-zero: re-normalising cannot fix them, "
+            "dropping them does"
+        )
+    evidence.append(
+        "re-normalising (x / ||x||) gives every finite non-zero vector norm 1: it "
+        "recovers the whole norm gap, and changes no cosine"
+    )
+    return Cause("normalization", 0.0, evidence, own_share=1.0)
 
 
 def _alignment(results: Mapping[str, CheckResult]) -> list[Cause]:
@@ -146,20 +165,23 @@ def _alignment(results: Mapping[str, CheckResult]) -> list[Cause]:
     # texts found elsewhere in the file (the stored geometry does not match the texts').
     if _status(results, "alignment") == "failed" and verdict in ("shift", "partial", "misaligned"):
         k = a.get("best_shift")
-        explained = _num(a.get("shift_explained_share")) or _num(a.get("displaced_share")) or 0
+        explained = _num(a.get("shift_explained_share"))
+        displaced = _num(a.get("displaced_share"))
+        share = explained if explained else displaced
         causes.append(
             Cause(
                 "text_vector_misalignment",
-                0.6 + 0.35 * explained,
+                0.0,
                 [
-                    f"re-encoded text i matches stored vector i{int(k):+d} "
-                    f"(explains {_pct(a.get('shift_explained_share'))} of sampled rows)"
+                    f"re-encoded text i matches stored vector i{int(k):+d}: re-aligning "
+                    f"by that offset recovers {_pct(explained)} of the sampled rows"
                     if isinstance(k, int) and k != 0
                     else f"re-encoded texts match other rows than their own "
-                    f"({_pct(a.get('displaced_share'))} found elsewhere in the file)",
+                    f"({_pct(displaced)} found elsewhere in the file)",
                     f"cosine of text i to its own vector: mean {_f(a.get('cosine_mean'))}, "
                     f"p5 {_f(a.get('cosine_p5'))}",
                 ],
+                own_share=share,
             )
         )
     wrong = _status(results, "alignment") == "failed" and verdict == "wrong_encoder"
@@ -169,7 +191,7 @@ def _alignment(results: Mapping[str, CheckResult]) -> list[Cause]:
             evidence.append(
                 f"re-encoded texts match no nearby stored vector: own-row cosine "
                 f"mean {_f(a.get('cosine_mean'))}, p5 {_f(a.get('cosine_p5'))} "
-                f"(same encoder gives ≈ 1.0)"
+                f"(same encoder gives ≈ 1.0); no offset re-aligns them"
             )
             if _status(results, "norms") == "passed":
                 evidence.append(
@@ -182,7 +204,20 @@ def _alignment(results: Mapping[str, CheckResult]) -> list[Cause]:
                 )
             if fp.get("fingerprint_matches") == 0:
                 evidence.append("the encoder fingerprint differs from the pinned one")
-        causes.append(Cause("encoder_mismatch", 0.85 if wrong else 0.75, evidence))
+        # Re-encoding with the registry's encoder recovers every row that no offset
+        # explains; a fingerprint mismatch alone is the whole gap by itself.
+        unexplained = None
+        if wrong:
+            unexplained = 1.0 - (_num(a.get("shift_explained_share")) or 0.0)
+            unexplained -= _num(a.get("displaced_share")) or 0.0
+        causes.append(
+            Cause(
+                "encoder_mismatch",
+                0.0,
+                evidence,
+                own_share=max(0.0, unexplained) if unexplained is not None else 1.0,
+            )
+        )
     return causes
 
 
@@ -208,27 +243,24 @@ def _duplicates_and_index(results: Mapping[str, CheckResult]) -> list[Cause]:
                 f"{keys} (article, chunk) keys occur more than once: whole windows "
                 "were written twice"
             )
-        causes.append(Cause("duplicates", 0.6 + min(0.35, 3 * max(exact, near)), evidence))
+        causes.append(Cause("duplicates", 0.0, evidence, own_share=1.0))
     if _status(results, "oracle_recall") == "failed":
         err = max(
             (_num(v) or 0.0 for k, v in r.items() if k.startswith("index_error_at_")), default=0.0
-        )
-        exact_ok = all(
-            (_num(v) or 0.0) >= 0.97
-            for k, v in r.items()
-            if k.startswith("exact_recall_at_") and not k.endswith("_1")
         )
         evidence = [
             f"recall@5 = {_f(r.get('recall_at_5'), 3)}, duplicate-aware "
             f"{_f(r.get('dup_aware_recall_at_5'), 3)} with index "
             f"'{r.get('index_factory', '?')}'"
         ]
+        missing = 1.0 - (_num(r.get("dup_aware_recall_at_5")) or 0.0)
         if err > 0:
             evidence.append(
                 f"exact search finds what the index misses (index error up to "
                 f"{_pct(err)}): tune nprobe / efSearch or use an exact index"
             )
-        causes.append(Cause("index_recall", 0.8 if err > 0 and exact_ok else 0.5, evidence))
+        share = min(1.0, err / missing) if missing > 0 else 0.0
+        causes.append(Cause("index_recall", 0.0, evidence, own_share=share))
     return causes
 
 
@@ -243,17 +275,14 @@ def _ordering(results: Mapping[str, CheckResult]) -> Cause | None:
     if not structural and verdict != "broken" and s.get("position_profile_rises") is not False:
         return None
     evidence: list[str] = []
-    confidence = 0.45
     if crossing is not None and s.get("windows_checked"):
         evidence.append(
             f"{_pct(crossing)} of windows cross an article boundary "
             f"({s.get('crossing_count')} of {s.get('windows_checked')}; "
             f"ids from {s.get('ids_source')})"
         )
-        confidence += 0.35 * min(1.0, crossing / 0.2)
     if wrong_order:
         evidence.append(f"{_pct(wrong_order)} of windows run backwards in chunk order")
-        confidence += 0.1
     fo, ao = _num(s.get("within_article_mean")), _num(s.get("across_article_mean"))
     if fo is not None and ao is not None:
         evidence.append(
@@ -265,22 +294,12 @@ def _ordering(results: Mapping[str, CheckResult]) -> Cause | None:
         evidence.append(
             f"{_pct(low_cross)} of low-coherence file-order pairs are article crossings"
         )
-    gain = _num(s.get("article_order_gain"))
-    c = _m(results, "coherence")
-    if gain is not None and gain > 0:
-        evidence.append(
-            f"file-order coherence {_f(c.get('file_order_mean'), 4)} vs "
-            f"article-order {_f(s.get('article_order_mean'), 4)}: sorting rows by "
-            f"(article, chunk) recovers +{gain:.4f}"
-        )
-        confidence += 0.1
     if verdict == "broken":
         evidence.append(
             "statistical ordering test: cos(row i, row i+k) does not decay with k "
             f"(decay {_f(s.get('decay'), 3)}) — neighbours are no closer than "
             "distant rows"
         )
-        confidence += 0.05
     if s.get("position_profile_rises") is False:
         evidence.append("the context-position profile does not rise toward the target")
     drift = _m(results, "coherence_drift")
@@ -297,69 +316,53 @@ def _ordering(results: Mapping[str, CheckResult]) -> Cause | None:
                 else ""
             )
         )
-        if art == "none":
-            confidence += 0.05
-    return Cause("ordering_or_boundary", confidence, evidence)
+    # Windows rebuilt inside articles have no crossing: the structural gap is recovered
+    # in full. A purely statistical finding has no structural gap to recover.
+    share = 1.0 if structural else None
+    return Cause("ordering_or_boundary", 0.0, evidence, own_share=share)
 
 
-def _dilution(results: Mapping[str, CheckResult], ordering: Cause | None) -> Cause | None:
+def _dilution(results: Mapping[str, CheckResult]) -> Cause | None:
+    if _status(results, "text_quality") != "failed":
+        return None
     t, drift = _m(results, "text_quality"), _m(results, "coherence_drift")
     evidence: list[str] = []
-    confidence = 0.0
     blocked = _num(t.get("blocklist_share")) or 0.0
     if _gate_failed(results, "text_quality", "blocklist_share") and blocked > 0:
         evidence.append(
             f"{_pct(blocked)} of rows come from {t.get('blocklist_articles')} "
-            f"blocklisted pages ({t.get('blocklist_pattern') or DEFAULT_BLOCKLIST}: "
-            f"{t.get('blocklist_title_count', 0)} by title, "
-            f"{t.get('blocklist_text_count', 0)} by text)"
+            f"blocklisted pages (titles like 'List of …', disambiguation and category pages)"
         )
-        confidence += 0.45 + min(0.3, 3 * blocked)
+    low_quality = _num(t.get("low_quality_row_share"))
+    if low_quality:
+        evidence.append(
+            f"{_pct(low_quality)} of rows come from {t.get('low_quality_article_count')} "
+            "pages whose own statistics (within-page coherence, text shape) lie outside "
+            "the baseline's pages"
+        )
     short = _num(t.get("too_short_share")) or 0.0
     if _gate_failed(results, "text_quality", "too_short_share"):
         evidence.append(
             f"{_pct(short)} of texts are shorter than {t.get('min_text_chars', 8)} "
             "characters (list entries, fragments)"
         )
-        confidence += 0.05
-    list_like = _num(t.get("short_text_article_share")) or 0.0
-    if list_like > 0.01:
-        evidence.append(
-            f"{_pct(list_like)} of rows come from list-like pages (median text under 40 characters)"
-        )
-        confidence += 0.05
-    # A drop in coherence INSIDE articles cannot come from ordering.
+    # A drop INSIDE articles cannot come from ordering; a drop inside windows can, when
+    # the windows themselves cross articles.
+    crossing = _status(results, "sequence_integrity") == "failed"
     for definition in ("article_order", "within_window"):
-        verdict = drift.get(f"{definition}_drift_verdict")
-        if verdict == "significant" and not (definition == "within_window" and ordering):
+        if definition == "within_window" and crossing:
+            continue
+        if drift.get(f"{definition}_drift_verdict") == "significant":
             evidence.append(
                 f"{definition.replace('_', '-')} coherence is lower than the "
                 f"baseline: {_f(drift.get(f'{definition}_mean_drift_pct'), 1)} % "
                 f"(low share {_f(drift.get(f'{definition}_low_share_change_pp'), 1)}"
-                " pp), beyond sampling noise"
+                " pp), beyond sampling noise: the content changed, not only its order"
             )
-            confidence += 0.3
             break
-    else:
-        if ordering is None and drift.get("drift_verdict") == "significant":
-            evidence.append(
-                f"file-order coherence drift "
-                f"{_f(drift.get('file_order_mean_drift_pct'), 1)} % vs baseline with "
-                "no ordering defect found"
-            )
-            confidence += 0.4
-        elif evidence and drift.get("article_order_drift_verdict") == "none":
-            evidence.append(
-                "within-article coherence matches the baseline (drift none), so "
-                "these pages dilute the signal rather than break its order"
-            )
-    low_pattern = _m(results, "sequence_integrity").get("low_pairs_pattern")
-    if evidence and low_pattern == "clustered":
-        evidence.append("low-coherence pairs cluster in runs (whole bad pages), not spread evenly")
-        confidence += 0.05
-    if not evidence or confidence < 0.3:
-        return None
-    return Cause("low_coherence_dilution", confidence, evidence)
+    if not evidence:
+        evidence.append(results["text_quality"].message)
+    return Cause("low_coherence_dilution", 0.0, evidence, own_share=1.0)
 
 
 def _leakage(results: Mapping[str, CheckResult]) -> Cause | None:
@@ -373,8 +376,12 @@ def _leakage(results: Mapping[str, CheckResult]) -> Cause | None:
         and not isinstance(v, bool)
         and v
         and ("overlap" in k or "shared" in k)
+        and "unconfirmed" not in k
     ][:4]
-    return Cause("split_leakage", 0.9, evidence or [results["split_leakage"].message])
+    evidence.append("dropping the shared articles from one side removes every shared item")
+    return Cause(
+        "split_leakage", 0.0, evidence or [results["split_leakage"].message], own_share=1.0
+    )
 
 
 def _evaluation(results: Mapping[str, CheckResult]) -> Cause | None:
@@ -383,14 +390,93 @@ def _evaluation(results: Mapping[str, CheckResult]) -> Cause | None:
         if m.get("evaluation_fault"):
             return Cause(
                 "evaluation_fault",
-                0.9,
+                0.0,
                 [
                     f"{check}: {results[check].message}",
                     "a score far below every trivial predictor (mean of context, copy last, "
                     "global mean) is a bug in the evaluation, not a property of the data",
                 ],
+                own_share=1.0,
             )
     return None
+
+
+# ----------------------------------------------------------------- attribution
+def _coherence_gap(attribution: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    gap = (attribution or {}).get("coherence")
+    return gap if isinstance(gap, Mapping) and gap.get("gap_significant") else None
+
+
+def _remedy(gap: Mapping[str, Any] | None, code: str) -> Mapping[str, Any] | None:
+    if gap is None:
+        return None
+    for remedy in gap.get("remedies", []):
+        if isinstance(remedy, Mapping) and remedy.get("code") == code:
+            return remedy
+    return None
+
+
+def _share_words(remedy: Mapping[str, Any], gap: Mapping[str, Any]) -> str:
+    lo, hi = [*(remedy.get("recovered_share_ci") or []), None, None][:2]
+    ci = f" (CI {_pct(lo, 0)}–{_pct(hi, 0)})" if lo is not None and hi is not None else ""
+    statistic = str(gap.get("statistic", "file_order")).replace("_", "-")
+    against = "vs the baseline" if gap.get("reference") == "baseline" else "vs all remedies"
+    how = " on held-out pairs" if remedy.get("held_out") else ""
+    estimate = f"; {remedy['estimate']}" if remedy.get("estimate") else ""
+    return (
+        f"{remedy.get('remedy')} recovers {_pct(remedy.get('recovered_share'), 0)}{ci} of the "
+        f"{statistic} coherence drop {against} ({_f(gap.get('current_mean'), 3)} → "
+        f"{_f(gap.get('reference_mean'), 3)}){how}{estimate}"
+    )
+
+
+def _score(causes: list[Cause], attribution: Mapping[str, Any] | None) -> None:
+    """Confidence from measurement: the share of the coherence gap a cause's remedy
+    recovers where the data lost coherence, else the share of its own check's gap."""
+    gap = _coherence_gap(attribution)
+    measured = [
+        share
+        for r in (gap or {}).get("remedies", [])
+        if (share := _num(r.get("recovered_share"))) is not None
+    ]
+    # What no measured remedy explains bounds what an unmeasured one could explain.
+    unexplained = max(0.0, 1.0 - max(measured, default=0.0))
+    for cause in causes:
+        remedy = _remedy(gap, cause.code) if cause.code in COHERENCE_FAMILY else None
+        share = _num(remedy.get("recovered_share")) if remedy else None
+        if remedy is not None and gap is not None and share is not None:
+            cause.evidence.insert(0, _share_words(remedy, gap))
+            cause.confidence = share
+            cause.measured = "coherence"
+        elif cause.own_share is not None and gap is not None and cause.code in COHERENCE_FAMILY:
+            why = (gap.get("not_measured") or {}).get(cause.code, "not measured")
+            cause.evidence.append(
+                f"its share of the coherence drop was not measured ({why}); at most the "
+                f"{_pct(unexplained, 0)} that no measured remedy explains"
+            )
+            cause.confidence = cause.own_share * unexplained
+            cause.measured = "own, bounded by the unexplained coherence drop"
+        elif cause.own_share is not None:
+            cause.confidence = cause.own_share
+            cause.measured = "own"
+        else:
+            cause.confidence = 0.0
+            cause.measured = None
+
+
+def _ruled_out_by_attribution(attribution: Mapping[str, Any] | None, codes: set[str]) -> list[str]:
+    """Remedies that recover none of the coherence drop, with the number."""
+    gap = _coherence_gap(attribution)
+    out: list[str] = []
+    if gap is None:
+        return out
+    for remedy in gap.get("remedies", []):
+        if remedy.get("explains_nothing") and remedy.get("code") not in codes:
+            out.append(
+                f"{TITLES[str(remedy['code'])].split(':')[0].lower()} as the cause of the "
+                f"coherence drop: {_share_words(remedy, gap)}"
+            )
+    return out
 
 
 # ---------------------------------------------------------------- rules out, actions
@@ -568,24 +654,26 @@ def _actions(causes: list[Cause], facts: Facts) -> list[dict[str, str]]:
 
 
 def diagnose(
-    name: str, results: Mapping[str, CheckResult], facts: Facts | None = None
+    name: str,
+    results: Mapping[str, CheckResult],
+    facts: Facts | None = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The diagnosis of one dataset from its check results."""
+    """The diagnosis of one dataset from its check results and their attribution.
+
+    Candidates come from failed checks; they are ranked by the share of the gap their
+    remedy recovers (:mod:`lvmqa.attribution`), never by hand-set weights.
+    """
     facts = facts or Facts(name=name)
     causes: list[Cause] = []
     if (c := _normalization(results)) is not None:
         causes.append(c)
     causes += _alignment(results)
     causes += _duplicates_and_index(results)
-    ordering = _ordering(results)
-    if ordering is not None:
-        causes.append(ordering)
-    if (c := _dilution(results, ordering)) is not None:
-        causes.append(c)
-    if (c := _leakage(results)) is not None:
-        causes.append(c)
-    if (c := _evaluation(results)) is not None:
-        causes.append(c)
+    for rule in (_ordering, _dilution, _leakage, _evaluation):
+        if (c := rule(results)) is not None:
+            causes.append(c)
+    _score(causes, attribution)
     causes.sort(key=lambda cause: -cause.confidence)
 
     failed = [cid for cid, r in results.items() if r.status == "failed"]
@@ -595,19 +683,21 @@ def diagnose(
         if r.status == "error" and not r.metrics.get("evaluation_fault")
     ]
     skipped = [cid for cid, r in results.items() if r.status == "skipped"]
+    unexplained = [cid for cid in failed if cid in ("coherence", "coherence_drift")]
     if failed and not causes:
-        causes.append(
-            Cause(
-                "low_coherence_dilution",
-                0.3,
-                [
-                    f"checks failed without a matching rule: {', '.join(failed)} — "
-                    "read their details"
-                ],
+        gap = _coherence_gap(attribution)
+        evidence = [
+            f"checks failed without a candidate cause of their own: {', '.join(failed)} — "
+            "read their details"
+        ]
+        if gap is not None:
+            evidence.append(
+                "no remedy lvmqa knows recovers the coherence drop "
+                f"({_f(gap.get('current_mean'), 3)} vs {_f(gap.get('reference_mean'), 3)}): "
+                "the content itself differs from the baseline"
             )
-            if any(f.startswith("coherence") for f in failed)
-            else Cause("healthy", 0.0, [f"unexplained failures: {', '.join(failed)}"])
-        )
+        code = "low_coherence_dilution" if unexplained else "healthy"
+        causes.append(Cause(code, 0.0, evidence))
     if not causes:
         evidence = [f"{len(results) - len(skipped) - len(errored)} checks passed"]
         if skipped:
@@ -620,11 +710,12 @@ def diagnose(
     else:
         verdict = "failed"
     headline = _headline(name, verdict, causes)
+    codes = {c.code for c in causes}
     return {
         "verdict": verdict,
         "headline": headline,
         "root_causes": [c.to_json() for c in causes],
-        "rules_out": _rules_out(results),
+        "rules_out": _ruled_out_by_attribution(attribution, codes) + _rules_out(results),
         "actions": _actions([c for c in causes if c.code != "healthy"], facts),
         "checks": {"failed": failed, "error": errored, "skipped": skipped},
     }

@@ -193,6 +193,9 @@ def _coherence() -> list[GateSpec]:
         _spec("coherence", "file_order_low_share", "<=", "max_low_coherence_share", None,
               "calibrated", "file-order low-coherence share",
               when=calibrate.format(key="max_low_coherence_share")),
+        _spec("coherence", "adjacent_excess_over_random_ci_low", ">", "min_adjacent_excess",
+              0.0, "statistical",
+              "adjacent vectors the model reads are more alike than random pairs (CI low)"),
     ]  # fmt: skip
     for name in COHERENCE_DEFINITIONS:
         words = name.replace("_", " ")

@@ -25,7 +25,7 @@ from typing import Any
 
 from lvmqa import __version__
 from lvmqa.atomic import write_text_atomic
-from lvmqa.results import CheckResult
+from lvmqa.results import CheckResult, to_jsonable
 
 # ============================================================================ results JSON
 
@@ -50,8 +50,14 @@ def build_results(session: Any) -> dict[str, Any]:
             "encoder": ctx.encoder_name(),
             "baseline": (ctx.baseline().name if ctx.baseline() else None),
             "checks": checks,
-            "diagnosis": _safe_diagnosis(diagnose, name, {cid: ran[cid] for cid in checks}, ctx),
         }
+        ran_checks = {cid: ran[cid] for cid in checks}
+        attribution = _safe_attribution(ctx, ran_checks)
+        if attribution:
+            datasets[name]["attribution"] = to_jsonable(attribution)
+        datasets[name]["diagnosis"] = _safe_diagnosis(
+            diagnose, name, ran_checks, ctx, datasets[name].get("attribution")
+        )
         preview = _filter_preview(ctx, datasets[name]["diagnosis"])
         if preview is not None:
             datasets[name]["filter"] = preview
@@ -77,17 +83,48 @@ def _filter_preview(ctx: Any, diagnosis: dict[str, Any]) -> dict[str, Any] | Non
         return None
 
 
+# Attribution re-measures the data under each remedy; it runs only when a check that
+# a remedy could explain failed (a clean dataset costs nothing more).
+_ATTRIBUTED_CHECKS = (
+    "coherence",
+    "coherence_drift",
+    "sequence_integrity",
+    "duplicates",
+    "text_quality",
+    "split_leakage",
+)
+
+
+def _safe_attribution(ctx: Any, ran: dict[str, CheckResult]) -> dict[str, Any] | None:
+    """The counterfactual attribution; a failure there leaves the results without it."""
+    if not any(ran[c].status == "failed" for c in _ATTRIBUTED_CHECKS if c in ran):
+        return None
+    if ctx.dataset.kind != "sequences":
+        return None
+    try:
+        from lvmqa.attribution import attribute
+
+        return attribute(ctx, ran)
+    except Exception as exc:  # the checks' results must still be written
+        if getattr(ctx.options, "debug", False):
+            raise
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _safe_diagnosis(
     diagnose: Callable[..., dict[str, Any]],
     name: str,
     ran: dict[str, CheckResult],
     ctx: Any = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A bug in the rules must not cost the user the JSON and the report of every check."""
     try:
         from lvmqa.diagnosis import facts_from_context
 
-        return diagnose(name, ran, facts_from_context(ctx) if ctx is not None else None)
+        return diagnose(
+            name, ran, facts_from_context(ctx) if ctx is not None else None, attribution
+        )
     except Exception as exc:
         return {
             "verdict": "error",
