@@ -49,6 +49,8 @@ def build_results(session: Any) -> dict[str, Any]:
             "kind": ds.kind,
             "encoder": ctx.encoder_name(),
             "baseline": (ctx.baseline().name if ctx.baseline() else None),
+            "id_keys": dict(getattr(ds, "id_keys", {}) or {}),
+            "unused_keys": dict(getattr(ds, "unused_keys", {}) or {}),
             "checks": checks,
         }
         ran_checks = {cid: ran[cid] for cid in checks}
@@ -2108,6 +2110,31 @@ def _phase_conclusion(phase: str, statuses: Sequence[str]) -> Para | None:
     )
 
 
+def unused_key_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per file key lvmqa did not read: shape, dtype and how to map it."""
+    lines = []
+    for key, info in _dict(data.get("unused_keys")).items():
+        info = _dict(info)
+        shape = "×".join(str(v) for v in _list(info.get("shape"))) or "scalar"
+        note = f" — {info['note']}" if info.get("note") else ""
+        lines.append(f"{key} ({shape}, {info.get('dtype', '?')}){note}")
+    return lines
+
+
+def _unused_keys_blocks(view: View) -> list[Block]:
+    lines = unused_key_lines(view.data)
+    if not lines:
+        return []
+    return [
+        Para(
+            "Keys in the file that lvmqa did not use: "
+            + "; ".join(lines)
+            + '. Map one with [datasets.NAME.keys] in lvmqa.toml, e.g. article = "doc_ids".',
+            cls="note",
+        )
+    ]
+
+
 def dataset_blocks(view: View) -> list[Block]:
     titles = _check_titles()
     diag = _dict(view.data.get("diagnosis"))
@@ -2120,9 +2147,13 @@ def dataset_blocks(view: View) -> list[Block]:
             facts.append(f"{key.replace('n_', '')}: {_f(view.data[key])}")
     if view.data.get("sha256"):
         facts.append(f"sha256: {str(view.data['sha256'])[:23]}…")
+    id_keys = _dict(view.data.get("id_keys"))
+    if id_keys:
+        facts.append("ids read from " + ", ".join(f"{r} = {k}" for r, k in id_keys.items()))
     blocks: list[Block] = [
         Heading(2, f"Dataset {view.name}: {verdict.upper()}", _anchor(view.name)),
         Para(" · ".join(facts), cls="note"),
+        *_unused_keys_blocks(view),
         *executive_summary(view, titles),
     ]
     if view.checks:
@@ -2534,6 +2565,12 @@ def terminal_summary(results: Mapping[str, Any]) -> list[str]:
             evidence = _list(cause.get("evidence"))
             if evidence:
                 lines.append(f"    evidence: {_clip(evidence[0], 150)}")
+        unused = unused_key_lines(view.data)
+        if unused:
+            lines.append(
+                f"  keys not used ({len(unused)}): {_clip('; '.join(unused), 200)} "
+                "— map with [datasets.NAME.keys]"
+            )
         for action in _list(diag.get("actions"))[:2]:
             command = action.get("command") if isinstance(action, dict) else action
             if isinstance(command, str) and command.strip():

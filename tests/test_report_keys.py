@@ -1,0 +1,34 @@
+"""Every run lists the file's keys it did not use, with shape, dtype and how to map them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lvmqa.report import build_results, render_html, terminal_summary
+from tests.synthetic import session_for, unit
+
+
+def test_unused_keys_reach_the_json_the_report_and_the_terminal(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    targets = unit(rng.standard_normal((40, 8)))
+    contexts = unit(rng.standard_normal((40, 5, 8)))
+    session = session_for(tmp_path, {"d": {
+        "context_sequences": contexts,
+        "target_vectors": targets,
+        "doc_ids": np.repeat(np.arange(4), 10),
+        "weird_<b>_scores": rng.standard_normal(40).astype(np.float32),
+    }})
+    session.add("d")
+    session.run("d", "norms")
+    results = build_results(session)
+    data = results["datasets"]["d"]
+    assert data["id_keys"]["article"] == "doc_ids"
+    unused = data["unused_keys"]["weird_<b>_scores"]
+    assert unused["shape"] == [40] and unused["dtype"] == "float32"
+    page = render_html(results)
+    assert "weird_&lt;b&gt;_scores (40, float32)" in page  # escaped: keys come from the file
+    assert "<b>_scores" not in page
+    lines = terminal_summary(results)
+    assert any("keys not used (1): weird_<b>_scores (40, float32)" in line for line in lines)
