@@ -545,11 +545,40 @@ def check_text_quality(ctx: CheckContext) -> CheckResult:
             )
         )
     details = dict(report.details)
+    ungated = {m: "needs article and chunk ids" for m in unchecked}
+    gates.extend(_low_quality(ctx, metrics, details, ungated))
     if join_note:
         details["source_join"] = join_note
-    if unchecked:
-        details["ungated_metrics"] = {m: "needs article and chunk ids" for m in unchecked}
+    if ungated:
+        details["ungated_metrics"] = ungated
     return from_gates(CHECK_ID, metrics, gates, _message(metrics, gates, unchecked), details)
+
+
+def _low_quality(
+    ctx: CheckContext, metrics: dict[str, Any], details: dict[str, Any], ungated: dict[str, str]
+) -> list[Gate]:
+    """Pages found from the data (lvmqa.lowquality): metrics, details and the gate."""
+    from lvmqa import lowquality
+
+    found, more = lowquality.low_quality_metrics(ctx)
+    metrics.update(found)
+    details.update(more)
+    value = found[lowquality.GATED_METRIC]
+    if value is None:
+        ungated[lowquality.GATED_METRIC] = details["low_quality_reference_note"]
+        return []
+    key = lowquality.ROW_SHARE_KEY
+    kind: GateKind = "relative" if found["low_quality_reference"] != "self" else "statistical"
+    return [
+        Gate(
+            name=lowquality.GATED_METRIC,
+            metric=lowquality.GATED_METRIC,
+            value=value,
+            op="<=",
+            threshold=ctx.threshold(key, lowquality.DEFAULT_MAX_ROW_SHARE),
+            kind=gate_kind(ctx, key, kind),
+        )
+    ]
 
 
 def _message(metrics: Mapping[str, Any], gates: list[Gate], unchecked: list[str]) -> str:
@@ -559,6 +588,12 @@ def _message(metrics: Mapping[str, Any], gates: list[Gate], unchecked: list[str]
         parts.append(
             f"{metrics['blocklist_share']:.1%} of rows from blocklisted pages "
             f"({metrics['blocklist_articles']} articles)"
+        )
+    if metrics.get("low_quality_article_count"):
+        parts.append(
+            f"{metrics['low_quality_row_share']:.1%} of rows from "
+            f"{metrics['low_quality_article_count']} low-quality pages found from the data "
+            f"(vs {metrics['low_quality_reference']})"
         )
     for name in ("empty", "too_short", "too_long", "non_string"):
         if metrics[f"{name}_count"]:

@@ -154,8 +154,11 @@ def test_check_passes_on_clean_prose(tmp_path: Path) -> None:
         "too_short_share",
         "too_long_share",
         "duplicate_key_count",
+        "low_quality_significant_row_share",  # pages found from the data (article ids known)
     }
-    assert all(g.kind == "absolute" for g in result.gates)
+    kinds = {g.name: g.kind for g in result.gates}
+    assert kinds.pop("low_quality_significant_row_share") == "statistical"  # no baseline
+    assert set(kinds.values()) == {"absolute"}
 
 
 def test_check_fails_on_blocklisted_and_empty_texts(tmp_path: Path) -> None:
