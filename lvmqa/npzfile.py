@@ -6,20 +6,30 @@ touched pages count towards RSS) and random rows through a memory map. Compresse
 members are decompressed once, in blocks, into a temporary ``.npy`` file and then
 read the same way; small ones are simply held in memory. Object arrays are read
 only through the restricted unpickler.
+
+Every file is untrusted (issue 13), so nothing is sized from a claim alone. A header's
+shape must fit in the bytes the member holds (for a deflated member: what its
+compressed bytes can expand to) before anything is allocated for it; a deflated member
+is expanded only when its data is first read, into memory up to a per-file budget, else
+into an unnamed spill file that the kernel removes when lvmqa exits, even by SIGKILL;
+JSON members have a size cap; and only regular files are read (a FIFO would block).
 """
 
 from __future__ import annotations
 
 import ast
 import atexit
+import io
 import lzma
 import math
 import mmap
 import os
 import shutil
+import stat
 import struct
 import sys
 import tempfile
+import weakref
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -34,10 +44,17 @@ from lvmqa.safepickle import safe_load
 
 _NPY_MAGIC = b"\x93NUMPY"
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
-_IN_MEMORY_LIMIT = 64 * 1024 * 1024
+_IN_MEMORY_LIMIT = 64 * 1024 * 1024  # one decompressed member held in memory, at most
+_IN_MEMORY_TOTAL = 256 * 1024 * 1024  # all decompressed members of one file held in memory
 _COPY_BLOCK = 16 * 1024 * 1024
-# numpy itself refuses headers over 10,000 bytes; a huge length is corruption, not data.
-_MAX_HEADER_BYTES = 1024 * 1024
+# numpy itself refuses headers over 10,000 bytes (literal_eval of more is slow and
+# memory-hungry); a longer one is corruption or an attack, not data.
+_MAX_HEADER_BYTES = 10_000
+# Deflate cannot expand data by more than about 1032:1, so a deflated member claiming
+# more than this is lying (checked before anything is sized from the claim).
+_DEFLATE_MAX_RATIO = 1032
+JSON_MEMBER_LIMIT = 64 * 1024 * 1024  # a JSON member or file, decompressed
+SPILL_MARGIN = 256 * 1024 * 1024  # free space left on the spill disk after a spill
 # What reading a damaged zip member can raise, from the zip layer or its decompressors.
 _ZIP_READ_ERRORS = (
     zipfile.BadZipFile,
@@ -101,12 +118,28 @@ def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
     try:
         header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
         dtype = np.lib.format.descr_to_dtype(header["descr"])
-        shape = tuple(int(s) for s in header["shape"])
+        shape = tuple(header["shape"])
         fortran = bool(header["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+    except (
+        ValueError,
+        SyntaxError,
+        KeyError,
+        TypeError,
+        MemoryError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
         raise DatasetFormatError(
             "unreadable .npy header", path=source, key=key, found=type(exc).__name__
         ) from None
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise DatasetFormatError(
+            "unreadable .npy header",
+            path=source,
+            key=key,
+            expected="integer dimensions",
+            found=f"shape {_short_text(repr(header['shape']))}",
+        )
     if any(s < 0 for s in shape):
         raise DatasetFormatError(
             "unreadable .npy header",
@@ -118,10 +151,82 @@ def read_npy_header(handle: IO[bytes], *, source: str, key: str) -> NpyHeader:
     return NpyHeader(shape, dtype, fortran, prefix + length)
 
 
-def _unpickle_array(stream: IO[bytes], header: NpyHeader, source: str, key: str) -> np.ndarray:
+def _short_text(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_claim(header: NpyHeader, available: int, *, source: str, key: str) -> None:
+    """Refuse a header whose shape needs more bytes than the member holds.
+
+    Runs at open, before anything (a metadata table, a buffer) is sized from the shape.
+    An object array needs at least one pickle byte per element; an array without data
+    (a zero dimension) still may not claim more rows than there are bytes, or 2^20.
+    """
+    shape = header.shape
+    need = math.prod(shape) if header.dtype.hasobject else header.nbytes
+    if need > available:
+        raise DatasetFormatError(
+            "array data is truncated",
+            path=source,
+            key=key,
+            expected=f"{need} bytes for shape {shape}",
+            found=f"{max(available, 0)} bytes",
+        )
+    if shape and max(shape) > max(available, 1 << 20):
+        raise DatasetFormatError(
+            "header claims more rows than the member holds bytes",
+            path=source,
+            key=key,
+            expected=f"at most {max(available, 1 << 20)} rows",
+            found=f"shape {shape}",
+        )
+
+
+def open_regular(path: Path, *, source: str, key: str | None = None) -> io.BufferedReader:
+    """``path`` opened for reading, refused unless it is a regular file.
+
+    Opened non-blocking, then checked on the descriptor: a FIFO would block ``open``
+    itself, and a device (``/dev/zero``) never ends.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise DatasetFormatError("file not found", path=source, key=key) from None
+    except OSError as exc:
+        raise DatasetFormatError(
+            "cannot read file", path=source, key=key, found=exc.strerror or str(exc)
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise not_regular(source, key, info)
+    handle = os.fdopen(fd, "rb")
+    assert isinstance(handle, io.BufferedReader)
+    return handle
+
+
+def not_regular(source: str, key: str | None, info: os.stat_result) -> DatasetFormatError:
+    kinds = {
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFSOCK: "a socket",
+    }
+    return DatasetFormatError(
+        "not a regular file",
+        path=source,
+        key=key,
+        expected="a regular file",
+        found=kinds.get(stat.S_IFMT(info.st_mode), "a special file"),
+    )
+
+
+def _unpickle_array(
+    stream: IO[bytes], header: NpyHeader, source: str, key: str, limit: int | None = None
+) -> np.ndarray:
     """An object array through the restricted unpickler, checked against its header."""
     try:
-        value = safe_load(stream, source=source, key=key)
+        value = safe_load(stream, source=source, key=key, limit=limit)
     except DatasetFormatError:
         raise
     except Exception as exc:  # corrupt pickle streams raise many types, MemoryError included
@@ -167,7 +272,7 @@ def file_sha256(path: Path) -> str:
     buffer = bytearray(8 * 1024 * 1024)  # reused: fresh 8 MB blocks cost page faults
     view = memoryview(buffer)
     for file in files:
-        with open(file, "rb", buffering=0) as handle:
+        with open_regular(file, source=str(file)) as handle:
             while got := handle.readinto(view):
                 digest.update(view[:got])
     return "sha256:" + digest.hexdigest()
@@ -185,6 +290,7 @@ class Member:
         data_offset: int,
         in_memory: np.ndarray | None = None,
         zip_entry: zipfile.ZipInfo | None = None,
+        deflated: _Deflated | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -196,6 +302,22 @@ class Member:
         # A compressed object array: unpickled from the archive on each load(), so
         # opening a file runs no unpickler and holds no large pickles in memory.
         self._zip_entry = zip_entry
+        # A compressed numeric array: expanded when its data is first read, never if unused.
+        self._deflated = deflated
+
+    def _expand(self) -> None:
+        """Decompress a deflated numeric member now (into memory, or an unnamed spill file)."""
+        deflated, self._deflated = self._deflated, None
+        if deflated is None:
+            return
+        array, spill = deflated.expand(self.header, self.name)
+        if array is not None:
+            self._array = array
+        else:
+            assert spill is not None
+            fd, self._file_path = spill
+            # The spill file has no name; it lives as long as this descriptor.
+            weakref.finalize(self, os.close, fd)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -210,6 +332,7 @@ class Member:
         return self.shape[0] if self.shape else 1
 
     def _check_size(self) -> None:
+        self._expand()
         if self._file_path is None or self._zip_entry is not None:
             return
         available = self._file_path.stat().st_size - self._data_offset
@@ -224,6 +347,7 @@ class Member:
 
     def mmap(self) -> np.ndarray:
         """A read-only view of the whole array (a memory map when on disk)."""
+        self._expand()
         if self._array is not None:
             return self._array
         if self._mmap is None:
@@ -249,6 +373,7 @@ class Member:
     @property
     def reads_in_place(self) -> bool:
         """True when row ranges are read straight from the file (C order, numeric)."""
+        self._expand()
         return not (self._array is not None or self.header.fortran_order or self.dtype.hasobject)
 
     @property
@@ -342,19 +467,21 @@ class Member:
         Object arrays are not kept: the caller holds what it needs (texts), and what it
         only reads once (per-sequence metadata dicts) is freed after use.
         """
+        self._expand()
         if self._array is not None:
             return self._array
         if not self.dtype.hasobject:
             return self.mmap()
         assert self._file_path is not None
         if self._zip_entry is not None:
+            limit = _deflated_capacity(self._zip_entry) - self._data_offset
             try:
                 with (
                     zipfile.ZipFile(self._file_path) as archive,
                     archive.open(self._zip_entry) as stream,
                 ):
                     stream.read(self._data_offset)  # skip the .npy header
-                    return _unpickle_array(stream, self.header, self.source, self.name)
+                    return _unpickle_array(stream, self.header, self.source, self.name, limit)
             except _ZIP_READ_ERRORS as exc:
                 raise DatasetFormatError(
                     "compressed member is corrupt or truncated",
@@ -362,9 +489,11 @@ class Member:
                     key=self.name,
                     found=type(exc).__name__,
                 ) from None
-        with open(self._file_path, "rb") as handle:
+        with open_regular(self._file_path, source=self.source, key=self.name) as handle:
+            size = os.fstat(handle.fileno()).st_size
             handle.seek(self._data_offset)
-            return _unpickle_array(handle, self.header, self.source, self.name)
+            limit = max(size - self._data_offset, 0)
+            return _unpickle_array(handle, self.header, self.source, self.name, limit)
 
 
 # Linux >= 5.14: fault a mapping's pages in now (reading them if needed) in one call.
@@ -391,14 +520,23 @@ class DataFile:
         self.source = str(self.path)
         self.members: dict[str, Member] = {}
         self.json_members: dict[str, bytes] = {}
-        if not self.path.exists():
-            raise DatasetFormatError("file not found", path=self.path)
-        if self.path.is_dir():
+        self._held = _Held()  # decompressed bytes this file holds in memory
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatasetFormatError("file not found", path=self.path) from None
+        except OSError as exc:
+            raise DatasetFormatError(
+                "cannot read file", path=self.path, found=exc.strerror or str(exc)
+            ) from None
+        if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+            raise not_regular(self.source, None, info)
+        if stat.S_ISDIR(info.st_mode):
             for npy in sorted(self.path.glob("*.npy")):
                 self.members[npy.stem] = self._open_npy(npy, npy.stem)
             # The folder layout's metadata table / manifest, like JSON members of an npz.
             self.json_members = {
-                js.stem: js.read_bytes() for js in sorted(self.path.glob("*.json")) if js.is_file()
+                js.stem: self._read_json_file(js) for js in sorted(self.path.glob("*.json"))
             }
             if not self.members:
                 raise DatasetFormatError(
@@ -418,9 +556,24 @@ class DataFile:
         return list(self.members)
 
     def _open_npy(self, path: Path, key: str) -> Member:
-        with open(path, "rb") as handle:
+        with open_regular(path, source=str(path), key=key) as handle:
             header = read_npy_header(handle, source=str(path), key=key)
+            size = os.fstat(handle.fileno()).st_size
+        check_claim(header, size - header.header_size, source=str(path), key=key)
         return Member(key, str(path), header, path, header.header_size)
+
+    def _read_json_file(self, path: Path) -> bytes:
+        with open_regular(path, source=self.source, key=path.name) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > JSON_MEMBER_LIMIT:
+                raise DatasetFormatError(
+                    "JSON file is too large",
+                    path=self.source,
+                    key=path.name,
+                    expected=f"at most {JSON_MEMBER_LIMIT} bytes",
+                    found=f"{size} bytes",
+                )
+            return handle.read(size)
 
     def _open_npz(self) -> None:
         if self.path.stat().st_size == 0:
@@ -464,8 +617,18 @@ class DataFile:
                 self.members[key] = self._open_member(archive, raw, info, key)
 
     def _read_json_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        too_large = DatasetFormatError(
+            "JSON member is too large",
+            path=self.path,
+            key=info.filename,
+            expected=f"at most {JSON_MEMBER_LIMIT} bytes",
+            found=f"{info.file_size} bytes",
+        )
+        if info.file_size > JSON_MEMBER_LIMIT:
+            raise too_large
         try:
-            return archive.read(info)
+            with archive.open(info) as stream:
+                data = stream.read(JSON_MEMBER_LIMIT + 1)  # the directory's size may lie
         except _ZIP_READ_ERRORS as exc:
             raise DatasetFormatError(
                 "member is corrupt or truncated",
@@ -473,6 +636,9 @@ class DataFile:
                 key=info.filename,
                 found=type(exc).__name__,
             ) from None
+        if len(data) > JSON_MEMBER_LIMIT:
+            raise too_large
+        return data
 
     def _open_member(
         self, archive: zipfile.ZipFile, raw: IO[bytes], info: zipfile.ZipInfo, key: str
@@ -497,30 +663,20 @@ class DataFile:
             member_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
             raw.seek(member_start)
             header = read_npy_header(raw, source=self.source, key=key)
+            present = min(info.file_size, self.path.stat().st_size - member_start)
+            check_claim(header, present - header.header_size, source=self.source, key=key)
             return Member(key, self.source, header, self.path, member_start + header.header_size)
         try:
             with archive.open(info) as stream:
                 header = read_npy_header(stream, source=self.source, key=key)
-                if header.dtype.hasobject:
-                    return Member(
-                        key, self.source, header, self.path, header.header_size, zip_entry=info
-                    )
-                if header.nbytes <= _IN_MEMORY_LIMIT:
-                    data = stream.read(header.nbytes)
-                    if len(data) < header.nbytes:
-                        raise DatasetFormatError(
-                            "array data is truncated",
-                            path=self.path,
-                            key=key,
-                            expected=f"{header.nbytes} bytes for shape {header.shape}",
-                            found=f"{len(data)} bytes",
-                        )
-                    array = np.frombuffer(data, dtype=header.dtype).reshape(
-                        header.shape, order="F" if header.fortran_order else "C"
-                    )
-                    return Member(key, self.source, header, None, 0, in_memory=array)
-                spill = _spill_to_disk(stream, header)
-            return Member(key, self.source, header, spill, 0)
+            capacity = _deflated_capacity(info) - header.header_size
+            check_claim(header, capacity, source=self.source, key=key)
+            if header.dtype.hasobject:
+                return Member(
+                    key, self.source, header, self.path, header.header_size, zip_entry=info
+                )
+            deflated = _Deflated(self.path, info, self._held)
+            return Member(key, self.source, header, None, 0, deflated=deflated)
         except _ZIP_READ_ERRORS as exc:
             raise DatasetFormatError(
                 "compressed member is corrupt or truncated",
@@ -536,19 +692,111 @@ class DataFile:
             ) from None
 
 
-_SPILL_DIR: Path | None = None
+def _deflated_capacity(info: zipfile.ZipInfo) -> int:
+    """The most bytes a deflated member can expand to: its stated size, if deflate allows."""
+    return min(info.file_size, info.compress_size * _DEFLATE_MAX_RATIO + 1024)
 
 
-def _spill_to_disk(stream: IO[bytes], header: NpyHeader) -> Path:
-    """Decompress a large member block by block into a private temporary file."""
+class _Held:
+    """Decompressed bytes one data file holds in memory (a budget shared by its members)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+class _Deflated:
+    """Where a deflated numeric member's data is, until it is first read."""
+
+    def __init__(self, archive: Path, info: zipfile.ZipInfo, held: _Held) -> None:
+        self.archive = archive
+        self.info = info
+        self.held = held
+
+    def expand(
+        self, header: NpyHeader, key: str
+    ) -> tuple[np.ndarray | None, tuple[int, Path] | None]:
+        """The array in memory, or (descriptor, path) of an unnamed spill file holding it."""
+        source = str(self.archive)
+        try:
+            with zipfile.ZipFile(self.archive) as archive, archive.open(self.info) as stream:
+                stream.read(header.header_size)
+                fits = header.nbytes <= _IN_MEMORY_LIMIT
+                if fits and self.held.bytes + header.nbytes <= _IN_MEMORY_TOTAL:
+                    data = stream.read(header.nbytes)
+                    if len(data) < header.nbytes:
+                        raise DatasetFormatError(
+                            "array data is truncated",
+                            path=source,
+                            key=key,
+                            expected=f"{header.nbytes} bytes for shape {header.shape}",
+                            found=f"{len(data)} bytes",
+                        )
+                    self.held.bytes += header.nbytes
+                    array = np.frombuffer(data, dtype=header.dtype).reshape(
+                        header.shape, order="F" if header.fortran_order else "C"
+                    )
+                    return array, None
+                return None, _spill_to_disk(stream, header, source, key)
+        except _ZIP_READ_ERRORS as exc:
+            raise DatasetFormatError(
+                "compressed member is corrupt or truncated",
+                path=source,
+                key=key,
+                found=type(exc).__name__,
+            ) from None
+
+
+def spill_folder() -> Path:
+    """Where decompressed members spill: ``$LVMQA_SPILL_DIR``, else the temp folder."""
+    return Path(os.environ.get("LVMQA_SPILL_DIR") or tempfile.gettempdir())
+
+
+_SPILL_DIR: Path | None = None  # only where unnamed files are unavailable (not Linux)
+
+
+def _spill_file(folder: Path) -> tuple[int, Path]:
+    """A new spill file: unnamed where the OS allows, so no crash can leave it behind."""
     global _SPILL_DIR
+    if Path("/proc/self/fd").is_dir():
+        flag = getattr(os, "O_TMPFILE", 0)
+        fd = -1
+        if flag:
+            try:
+                fd = os.open(folder, flag | os.O_RDWR, 0o600)
+            except OSError:
+                fd = -1
+        if fd < 0:  # a filesystem without O_TMPFILE: name it, then unlink it at once
+            fd, name = tempfile.mkstemp(dir=folder, prefix="lvmqa-spill-", suffix=".raw")
+            os.unlink(name)
+        return fd, Path(f"/proc/self/fd/{fd}")
     if _SPILL_DIR is None:
-        _SPILL_DIR = Path(tempfile.mkdtemp(prefix="lvmqa-spill-"))
+        _SPILL_DIR = Path(tempfile.mkdtemp(prefix="lvmqa-spill-", dir=folder))
         atexit.register(shutil.rmtree, _SPILL_DIR, True)
     fd, name = tempfile.mkstemp(dir=_SPILL_DIR, suffix=".raw")
+    return fd, Path(name)
+
+
+def _spill_to_disk(stream: IO[bytes], header: NpyHeader, source: str, key: str) -> tuple[int, Path]:
+    """Decompress a large member block by block into a private temporary file."""
+    folder = spill_folder()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise DatasetFormatError(
+            "cannot use the spill folder", path=folder, found=exc.strerror or str(exc)
+        ) from None
+    if header.nbytes + SPILL_MARGIN > free:
+        raise DatasetFormatError(
+            "no room to decompress the member (set LVMQA_SPILL_DIR to a larger disk)",
+            path=source,
+            key=key,
+            expected=f"{header.nbytes + SPILL_MARGIN} bytes free in {folder}",
+            found=f"{free} bytes",
+        )
+    fd, path = _spill_file(folder)
     remaining = header.nbytes
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(fd, "wb", closefd=False) as out:
             while remaining:
                 block = stream.read(min(_COPY_BLOCK, remaining))
                 if not block:
@@ -556,9 +804,11 @@ def _spill_to_disk(stream: IO[bytes], header: NpyHeader) -> Path:
                 out.write(block)
                 remaining -= len(block)
     except BaseException:
-        Path(name).unlink(missing_ok=True)  # a corrupt member leaves no multi-GB spill
+        os.close(fd)
+        if not str(path).startswith("/proc/"):
+            path.unlink(missing_ok=True)  # a corrupt member leaves no multi-GB spill
         raise
-    return Path(name)
+    return fd, path
 
 
 def iter_row_chunks(member: Member, rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -12,6 +12,17 @@ makes numpy treat raw bytes as object pointers, which crashes the process or wor
 So the unpickler hands out inert tokens for ``numpy.dtype``, ``_reconstruct``,
 ``scalar`` and ``_frombuffer``; afterwards each token is rebuilt through numpy's public
 constructors, and only after its state matches what numpy itself writes for that dtype.
+
+Memory is budgeted by the bytes actually present (issue 13). Before the C unpickler
+sees the stream, :func:`scan_pickle` walks its opcodes: a length that claims more
+bytes than follow, or a memo index beyond the entries written so far (the C unpickler
+would size and zero its memo table to twice that index), is refused without
+allocating. The allowed callables cannot allocate from a number (``bytes(n)``,
+``bytearray(n)``). And the rebuilt graph's *expanded* size — each shared container or
+string counted every time it is referenced, as a consumer that copies or walks it
+would — must stay within ``EXPANSION_FACTOR`` times the pickle's size plus
+``EXPANSION_ALLOWANCE``: a billion-laughs list or one long text referenced from every
+row is refused in time linear in the pickle.
 """
 
 from __future__ import annotations
@@ -85,12 +96,19 @@ def _bytes(*args: Any) -> bytes:
     return bytes(*args)
 
 
+def _bytearray(*args: Any) -> bytearray:
+    """Like :func:`_bytes`: ``bytearray(n)`` would allocate n bytes from a 5-byte pickle."""
+    if args and not (len(args) == 1 and isinstance(args[0], (bytes, bytearray))):
+        raise pickle.UnpicklingError("bytearray() is allowed only for empty or copied bytes")
+    return bytearray(*args)
+
+
 _ALLOWED: dict[tuple[str, str], _Allowed] = {
     ("builtins", "bytes"): _Allowed(_bytes),
     ("builtins", "set"): _Allowed(set),
     ("builtins", "frozenset"): _Allowed(frozenset),
     ("builtins", "complex"): _Allowed(complex),
-    ("builtins", "bytearray"): _Allowed(bytearray),
+    ("builtins", "bytearray"): _Allowed(_bytearray),
     ("builtins", "slice"): _Allowed(slice),
     ("collections", "OrderedDict"): _Allowed(OrderedDict),
     ("_codecs", "encode"): _Allowed(_latin1_encode),
@@ -149,6 +167,7 @@ class _Rebuilder:
         self._key = key
         self._tokens: dict[int, tuple[Any, _Token]] = {}  # dtypes and arrays, often shared
         self._active: set[int] = set()  # containers on the current path, to stop cycles
+        self._done: dict[int, tuple[Any, Any]] = {}  # containers already rebuilt
 
     def refuse(self, what: str, found: Any) -> DatasetFormatError:
         return UnsafePickleError(
@@ -164,15 +183,20 @@ class _Rebuilder:
         if isinstance(obj, _Token):
             return self.token(obj)
         key = id(obj)
+        done = self._done.get(key)
+        if done is not None:  # a shared container is rebuilt once (the graph keeps ids alive)
+            return done[0]
         if key in self._active:  # a cycle: containers rebuilt in place are already right
             if isinstance(obj, (list, dict, set)):
                 return obj
             raise self.refuse("a cyclic tuple", type(obj).__name__)
         self._active.add(key)
         try:
-            return self.container(obj)
+            rebuilt = self.container(obj)
         finally:
             self._active.discard(key)
+        self._done[key] = (rebuilt, obj)  # obj kept: its id stays unique
+        return rebuilt
 
     def token(self, token: _Token) -> Any:
         if token.kind == "scalar":  # one per value, never shared: no memo (saves memory)
@@ -321,11 +345,177 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def safe_load(file: IO[bytes], *, source: str = "<pickle>", key: str | None = None) -> Any:
-    """Unpickle from ``file`` allowing only plain values and numpy arrays/scalars/dtypes."""
-    graph = _RestrictedUnpickler(file, source, key).load()
-    return _Rebuilder(source, key).value(graph)
+# The rebuilt graph may expand (shared references counted each time) to this many times
+# the pickle's bytes, plus a fixed allowance; real object arrays stay far below it.
+EXPANSION_FACTOR = 16
+EXPANSION_ALLOWANCE = 64 * 1024 * 1024
+_WORD = 8  # what one reference or small value counts for
+
+
+def expanded_size(graph: Any, budget: int) -> int:
+    """Bytes the unpickled graph takes with every shared reference expanded, or a number
+    above ``budget`` as soon as it is certain to exceed it.
+
+    Linear in the distinct objects: each container's expanded size is computed once and
+    added at each reference, so a billion-laughs list costs as little to measure as to
+    unpickle. A reference back into a container being measured (a cycle) counts as one
+    word, since a consumer that walks it must stop there anyway.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    keep: list[Any] = []  # measured objects stay alive: their ids stay unique
+
+    def size(obj: Any) -> int:
+        if isinstance(obj, (str, bytes, bytearray)):
+            return _WORD + len(obj)
+        if isinstance(obj, int):
+            return _WORD + obj.bit_length() // 8
+        if isinstance(obj, (float, complex, type(None), _Allowed)):
+            return _WORD
+        key = id(obj)
+        known = sizes.get(key)
+        if known is not None:
+            return known
+        if key in active:
+            return _WORD
+        if isinstance(obj, _Token):
+            children: Any = (obj.args, obj.state)
+        elif isinstance(obj, dict):
+            children = (*obj.keys(), *obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = obj
+        elif isinstance(obj, slice):
+            children = (obj.start, obj.stop, obj.step)
+        else:
+            return _WORD
+        active.add(key)
+        total = _WORD
+        for child in children:
+            total += _WORD + size(child)
+            if total > budget:
+                break
+        active.discard(key)
+        sizes[key] = total
+        keep.append(obj)
+        return total
+
+    return size(graph)
+
+
+def safe_load(
+    file: IO[bytes], *, source: str = "<pickle>", key: str | None = None, limit: int | None = None
+) -> Any:
+    """Unpickle from ``file`` allowing only plain values and numpy arrays/scalars/dtypes.
+
+    ``limit`` bounds the bytes read (the bytes the member can hold); a longer stream is
+    refused before it is held in memory.
+    """
+    data = file.read() if limit is None else file.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise DatasetFormatError(
+            "object array is longer than its member",
+            path=source,
+            key=key,
+            expected=f"at most {limit} bytes",
+        )
+    return safe_loads(data, source=source, key=key)
 
 
 def safe_loads(data: bytes, *, source: str = "<pickle>", key: str | None = None) -> Any:
-    return safe_load(io.BytesIO(data), source=source, key=key)
+    end = scan_pickle(data, source=source, key=key)
+    graph = _RestrictedUnpickler(io.BytesIO(memoryview(data)[:end]), source, key).load()
+    budget = EXPANSION_FACTOR * end + EXPANSION_ALLOWANCE
+    expanded = expanded_size(graph, budget)
+    if expanded > budget:
+        raise UnsafePickleError(
+            "refused an object array that expands far beyond its size "
+            "(shared references; nothing was executed)",
+            path=source,
+            key=key,
+            expected=f"under {budget} bytes expanded",
+            found=f"over {budget} bytes from {end} bytes of pickle",
+        )
+    return _Rebuilder(source, key).value(graph)
+
+
+# ------------------------------------------------------------------ opcode scan
+# Argument widths of the pickle opcodes (protocols 0-5), by opcode byte.
+_NO_ARGUMENT = frozenset(
+    b"(.0123NRQbaed}l]su)to\x81\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x97\x98"
+)
+_FIXED: dict[int, int] = {op: 0 for op in _NO_ARGUMENT}
+_FIXED.update({op: 1 for op in b"K\x80\x82h"})  # BININT1 PROTO EXT1 BINGET
+_FIXED.update({op: 2 for op in b"M\x83"})  # BININT2 EXT2
+_FIXED.update({op: 4 for op in b"J\x84j"})  # BININT EXT4 LONG_BINGET
+_FIXED.update({op: 8 for op in b"G\x95"})  # BINFLOAT FRAME
+# Opcodes followed by a little-endian length of this many bytes, then that many bytes.
+_COUNTED: dict[int, int] = {op: 1 for op in b"UC\x8c\x8a"}
+_COUNTED.update({op: 4 for op in b"TBX\x8b"})
+_COUNTED.update({op: 8 for op in b"\x8d\x8e\x96"})
+# Text-protocol opcodes: arguments end at a newline (GLOBAL and INST have two lines).
+_LINES: dict[int, int] = {op: 1 for op in b"ILFSVgpP"}
+_LINES.update({op: 2 for op in b"ci"})
+_STOP, _BINPUT, _LONG_BINPUT, _PUT, _MEMOIZE = 0x2E, 0x71, 0x72, 0x70, 0x94
+
+
+def scan_pickle(data: bytes, *, source: str = "<pickle>", key: str | None = None) -> int:
+    """Check a pickle's opcodes without building anything; returns the offset after STOP.
+
+    Refuses a counted string or bytes longer than the bytes that follow (the C unpickler
+    would allocate the claimed size first), a memo index beyond the entries written so
+    far (it would size its memo table to twice the index), and unknown opcodes.
+    """
+
+    def refuse(what: str, at: int) -> DatasetFormatError:
+        return DatasetFormatError(
+            f"unreadable object array ({what})", path=source, key=key, found=f"offset {at}"
+        )
+
+    pos, end, puts = 0, len(data), 0
+    fixed, counted, lines = _FIXED, _COUNTED, _LINES
+    number = int.from_bytes
+    while pos < end:
+        start = pos
+        op = data[pos]
+        pos += 1
+        width = fixed.get(op)
+        if width is not None:
+            pos += width
+            if op == _STOP:
+                return pos
+            continue
+        if op == _MEMOIZE:
+            puts += 1
+            continue
+        if op in (_BINPUT, _LONG_BINPUT):
+            width = 1 if op == _BINPUT else 4
+            index = number(data[pos : pos + width], "little")
+            pos += width
+        else:
+            width = counted.get(op, 0)
+            if width:
+                claimed = number(
+                    data[pos : pos + width], "little", signed=op in b"T\x8b"
+                )  # BINSTRING, LONG4
+                pos += width
+                if claimed < 0 or claimed > end - pos:
+                    raise refuse(f"a length of {claimed} bytes where {end - pos} remain", start)
+                pos += claimed
+                continue
+            count = lines.get(op)
+            if count is None:
+                raise refuse(f"unknown pickle opcode {op:#04x}", start)
+            for _ in range(count):
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    raise refuse("truncated pickle", start)
+                argument, pos = data[pos:newline], newline + 1
+            if op != _PUT:
+                continue
+            if not argument.isdigit() or len(argument) > 12:
+                raise refuse("a malformed memo index", start)
+            index = int(argument)
+        if index > puts:
+            raise refuse(f"memo index {index} beyond the {puts} entries written", start)
+        puts = max(puts, index + 1)
+    raise refuse("truncated pickle (no STOP)", end)
