@@ -16,6 +16,7 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,8 +42,17 @@ RECALL_AT_5 = 0.97
 RECALL_AT_1000 = 0.97
 DUPLICATE_SHARE = 0.01
 NEAR_DUPLICATE_COSINE = 0.995
-NEAR_NEIGHBOURS = 10
 NEAR_SAMPLE = 2000
+NEAR_PAIRS_SHOWN = 10
+RECALL_KS = (1, 5, 1000)
+# The neighbour pass: queries per pass over the targets, bytes of one (queries, block)
+# score tile (a few MB: it is compared once after the product, while still in cache),
+# the band around a query's own score resolved exactly, and its size per query.
+PASS_QUERIES = 4096
+PASS_SCORE_BYTES = 32 * 1024 * 1024
+TIE_BAND_RTOL = 1e-4
+TIE_BAND_CAP = 4096
+NEAR_SLACK = 1e-3  # float32 prefilter below the near threshold; exact cosines decide
 # All rows are queried for near-duplicates while rows**2 * dim stays below this many
 # multiply-adds (a few seconds on 2 cores); beyond it, a seeded sample of rows is.
 EXHAUSTIVE_WORK = 2e11
@@ -368,6 +378,289 @@ def _group_summary(first: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]
     return redundant, len(heads), heads[order], sizes[order]
 
 
+# ------------------------------------------------------------------ neighbour pass
+
+
+@dataclass(frozen=True)
+class NeighbourPass:
+    """Every neighbour question of the checks, answered by ONE product queries x targets.
+
+    Recall needs only where each query's own row (and its exact-duplicate group) lands in
+    the exact top ``k`` list, not the list: ``own_rank`` / ``group_rank`` are those
+    0-based positions (``k`` or more when absent). Positions follow the list that
+    ``IndexFlatIP.search`` / ``exact_knn`` return: it keeps the ``k`` best rows by
+    (score descending, row ascending) and lists rows of equal score by row descending.
+    Near-duplicates need, per near query, whether an earlier row of another group lies
+    at cosine >= ``near_threshold`` (``near_earlier``) and the best later such pairs.
+    """
+
+    k: int
+    recall_rows: np.ndarray
+    own_rank: np.ndarray
+    group_rank: np.ndarray
+    near_rows: np.ndarray
+    near_threshold: float
+    near_earlier: np.ndarray
+    near_pairs: list[tuple[float, int, int]]  # (cosine, a, b), a < b, best first
+    heap_queries: int  # recall queries whose ties straddled position k: taken by the heap
+
+
+@dataclass
+class _QueryState:
+    """Running counts of one batch of queries while the target blocks stream by."""
+
+    rows: np.ndarray
+    recall: np.ndarray  # bool: the row is a recall query
+    near: np.ndarray  # bool: the row is a near-duplicate query
+    low: np.ndarray  # float32 band around the estimated own score
+    high: np.ndarray
+    near_floor: np.ndarray  # float32 scores below this cannot reach the near threshold
+    xq: np.ndarray
+    q_norm: np.ndarray
+    above: np.ndarray
+    own_score: np.ndarray
+    band_q: list[np.ndarray] = field(default_factory=list)
+    band_id: list[np.ndarray] = field(default_factory=list)
+    band_score: list[np.ndarray] = field(default_factory=list)
+    band_count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    earlier: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def neighbour_pass(
+    targets: np.ndarray,
+    first: np.ndarray,
+    *,
+    recall_rows: np.ndarray,
+    k: int,
+    near_rows: np.ndarray,
+    near_threshold: float = NEAR_DUPLICATE_COSINE,
+    block_rows: int | None = None,
+) -> NeighbourPass:
+    """Scores of the recall and near-duplicate queries against all targets, block by block.
+
+    Each step multiplies (queries, D) by (D, block) in float32 BLAS, as ``exact_knn`` does,
+    and keeps only counts: how many targets score above each query's own score, and the
+    few scores in a narrow band around it (duplicates, exact ties), resolved exactly once
+    the own score is met. A query whose ties straddle position ``k`` (a duplicate group
+    larger than ``k``, a zero vector) or whose own score is not finite is answered by the
+    reference heap instead. Memory: one (queries, block) score tile besides the targets.
+    """
+    n = targets.shape[0]
+    k = min(k, n)
+    recall_rows = np.asarray(recall_rows, dtype=np.int64)
+    near_rows = np.asarray(near_rows, dtype=np.int64)
+    queries = np.union1d(recall_rows, near_rows)
+    last_in_group = np.zeros(n, dtype=np.int64)
+    np.maximum.at(last_in_group, first, np.arange(n, dtype=np.int64))
+    group_size = np.bincount(first, minlength=n)
+    own_rank = np.full(len(recall_rows), k, dtype=np.int64)
+    group_rank = np.full(len(recall_rows), k, dtype=np.int64)
+    near_earlier = np.zeros(len(near_rows), dtype=bool)
+    pairs: list[tuple[float, int, int]] = []
+    heap_rows: list[int] = []
+    for start in range(0, len(queries), PASS_QUERIES):
+        batch = queries[start : start + PASS_QUERIES]
+        recall, near = np.isin(batch, recall_rows), np.isin(batch, near_rows)
+        state = _query_state(targets, batch, recall, near, near_threshold)
+        step = block_rows or max(256, PASS_SCORE_BYTES // (4 * len(batch)))
+        for b0, block in iter_blocks(targets, step):
+            pairs = _score_block(state, b0, block, first, near_threshold, pairs)
+        own, group, heap = _resolve_ranks(state, first, last_in_group, group_size, k)
+        at = np.searchsorted(recall_rows, state.rows[state.recall])
+        own_rank[at], group_rank[at] = own[state.recall], group[state.recall]
+        heap_rows.extend(int(r) for r in state.rows[state.recall & heap])
+        near_at = np.searchsorted(near_rows, state.rows[state.near])
+        near_earlier[near_at] = state.earlier[state.near]
+    if heap_rows:
+        rows = np.asarray(heap_rows, dtype=np.int64)
+        _, ids = exact_knn(targets, _take(targets, rows), k)
+        at = np.searchsorted(recall_rows, rows)
+        own_rank[at] = _first_position(ids == rows[:, None], k)
+        group_rank[at] = _first_position(
+            (first[np.maximum(ids, 0)] == first[rows][:, None]) & (ids >= 0), k
+        )
+    return NeighbourPass(
+        k=k,
+        recall_rows=recall_rows,
+        own_rank=own_rank,
+        group_rank=group_rank,
+        near_rows=near_rows,
+        near_threshold=float(near_threshold),
+        near_earlier=near_earlier,
+        near_pairs=pairs,
+        heap_queries=len(heap_rows),
+    )
+
+
+def _first_position(hit: np.ndarray, k: int) -> np.ndarray:
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), k).astype(np.int64)
+
+
+def _query_state(
+    targets: np.ndarray, rows: np.ndarray, recall: np.ndarray, near: np.ndarray, threshold: float
+) -> _QueryState:
+    xq = _take(targets, rows)
+    q_norm = np.linalg.norm(xq, axis=1)  # float32, as the cosines of the old search
+    with np.errstate(invalid="ignore", over="ignore"):
+        # BLAS rounds the own score a little differently: the band absorbs it.
+        estimate = np.einsum("ij,ij->i", xq, xq)
+        tolerance = np.float32(TIE_BAND_RTOL) * np.abs(estimate)
+        # The band must hold at least the exact own score, even for a zero vector.
+        tolerance = np.maximum(tolerance, np.float32(np.finfo(np.float32).tiny))
+        # cos >= t needs score >= t * |q| * |x|; the block's smallest norm bounds |x|.
+        floor = np.float32(threshold - NEAR_SLACK) * q_norm
+        low, high = estimate - tolerance, estimate + tolerance
+    state = _QueryState(
+        rows=rows,
+        recall=recall,
+        near=near,
+        low=low.astype(np.float32),
+        high=high.astype(np.float32),
+        near_floor=np.where(near, floor, np.inf).astype(np.float32),
+        xq=xq,
+        q_norm=q_norm,
+        above=np.zeros(len(rows), dtype=np.int64),
+        own_score=np.full(len(rows), np.nan, dtype=np.float32),
+        band_count=np.zeros(len(rows), dtype=np.int64),
+        earlier=np.zeros(len(rows), dtype=bool),
+    )
+    return state
+
+
+def _score_block(
+    state: _QueryState,
+    b0: int,
+    block: np.ndarray,
+    first: np.ndarray,
+    threshold: float,
+    pairs: list[tuple[float, int, int]],
+) -> list[tuple[float, int, int]]:
+    """Fold one target block into the counts; returns the best near pairs so far."""
+    b1 = b0 + len(block)
+    if not block.flags.aligned:  # BLAS refuses unaligned maps (npz members at odd offsets)
+        block = block.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = state.xq @ block.T
+        t_norm = np.linalg.norm(block, axis=1)
+    inside = np.flatnonzero((state.rows >= b0) & (state.rows < b1))
+    state.own_score[inside] = scores[inside, state.rows[inside] - b0]
+    positive = t_norm[np.isfinite(t_norm) & (t_norm > 0)]
+    t_min = np.float32(positive.min()) if positive.size else np.float32(np.inf)
+    if threshold <= NEAR_SLACK:  # a floor from the smallest norm would not bound anything
+        floor = np.where(state.near, -np.inf, np.inf).astype(np.float32)
+    else:
+        floor = state.near_floor * t_min
+    # One comparison with each query's lowest interesting score; everything else about
+    # the block comes from the few scores that pass it.
+    cut = np.minimum(state.low, floor)
+    # Most queries have nothing in most blocks: a row maximum (one read of the tile)
+    # finds the few rows whose scores need a look.
+    with np.errstate(invalid="ignore"):  # fmax: a NaN score (a NaN target) hides nothing
+        busy = np.flatnonzero(np.fmax.reduce(scores, axis=1) >= cut)
+    sub, col = np.nonzero(scores[busy] >= cut[busy, None])
+    qi = busy[sub]
+    values = scores[qi, col]
+    above_high = values > state.high[qi]
+    state.above += np.bincount(qi[above_high], minlength=len(state.rows))
+    in_band = ~above_high & (values >= state.low[qi])
+    if in_band.any():
+        bq = qi[in_band]
+        counts = np.bincount(bq, minlength=len(state.rows))
+        state.band_count += counts
+        keep = state.band_count[bq] <= TIE_BAND_CAP
+        state.band_q.append(bq[keep])
+        state.band_id.append(b0 + col[in_band][keep])
+        state.band_score.append(values[in_band][keep])
+    near = state.near[qi]
+    if near.any():
+        pairs = _near_candidates(
+            state,
+            qi[near],
+            b0 + col[near],
+            values[near],
+            t_norm[col[near]],
+            first,
+            threshold,
+            pairs,
+        )
+    return pairs
+
+
+def _near_candidates(
+    state: _QueryState,
+    qi: np.ndarray,
+    ids: np.ndarray,
+    values: np.ndarray,
+    t_norm: np.ndarray,
+    first: np.ndarray,
+    threshold: float,
+    pairs: list[tuple[float, int, int]],
+) -> list[tuple[float, int, int]]:
+    """Exact cosines of the candidates (float64, as the old search's): earlier rows mark
+    the query near-redundant, later rows are pairs to show."""
+    rows = state.rows[qi]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = values.astype(np.float64) / (t_norm * state.q_norm[qi])
+    near = np.isfinite(cos) & (cos >= threshold) & (first[ids] != first[rows])
+    earlier = near & (ids < rows)
+    state.earlier[qi[earlier]] = True
+    later = np.flatnonzero(near & (ids > rows))
+    if later.size:
+        # Best first by (cosine, a, b) descending, as the sorted tuples of the report.
+        order = np.lexsort((ids[later], rows[later], cos[later]))[::-1][:NEAR_PAIRS_SHOWN]
+        best = later[order]
+        found = [
+            (float(c), int(a), int(b))
+            for c, a, b in zip(cos[best], rows[best], ids[best], strict=True)
+        ]
+        pairs = sorted(pairs + found, reverse=True)[:NEAR_PAIRS_SHOWN]
+    return pairs
+
+
+def _resolve_ranks(
+    state: _QueryState,
+    first: np.ndarray,
+    last_in_group: np.ndarray,
+    group_size: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of own row and group in the top-k list; True where the heap must decide.
+
+    With A rows scoring above the own score s and the set T of rows scoring exactly s
+    (the row, its bit-identical copies, exact ties): when A + |T| <= k all of T is listed,
+    rows descending, so the own row sits at A + #{t in T : t > row} and the group's best
+    member (its last row) at A + #{t in T : t > last row of the group}.
+    """
+    m = len(state.rows)
+    if state.band_q:
+        bq = np.concatenate(state.band_q)
+        bid = np.concatenate(state.band_id)
+        bscore = np.concatenate(state.band_score)
+    else:
+        bq = np.zeros(0, dtype=np.int64)
+        bid = np.zeros(0, dtype=np.int64)
+        bscore = np.zeros(0, dtype=np.float32)
+    own = state.own_score[bq]
+    above = state.above + np.bincount(bq[bscore > own], minlength=m)
+    tie = bscore == own
+    tq, tid = bq[tie], bid[tie]
+    rows = state.rows
+    ties = np.bincount(tq, minlength=m)
+    after_own = np.bincount(tq[tid > rows[tq]], minlength=m)
+    after_group = np.bincount(tq[tid > last_in_group[first[rows[tq]]]], minlength=m)
+    group_ties = np.bincount(tq[first[tid] == first[rows[tq]]], minlength=m)
+    own_score = state.own_score
+    band_ok = (own_score >= state.low) & (own_score <= state.high)
+    heap = (
+        ~np.isfinite(own_score)
+        | ~band_ok
+        | (state.band_count > TIE_BAND_CAP)
+        | (group_ties != group_size[first[rows]])  # BLAS rounded a copy differently
+        | ((above < k) & (above + ties > k))
+    )
+    return above + after_own, above + after_group, heap
+
+
 # ------------------------------------------------------------------- oracle recall
 
 
@@ -375,11 +668,12 @@ def oracle_recall(
     targets: np.ndarray,
     *,
     sample_size: int | None = 1000,
-    ks: Sequence[int] = (1, 5, 1000),
+    ks: Sequence[int] = RECALL_KS,
     factory: str = "Flat",
     nprobe: int | None = None,
     seed: int = 0,
     duplicate_groups: np.ndarray | None = None,
+    neighbours: NeighbourPass | None = None,
 ) -> dict[str, Any]:
     """Self-query recall@k of an index over ``targets``, duplicate-aware and exact.
 
@@ -387,6 +681,8 @@ def oracle_recall(
     in the top k, ``dup_aware_recall_at_k`` counts any row with an identical vector.
     For an approximate index, ``exact_recall_at_k`` comes from exact search and
     ``index_error_at_k = exact_recall_at_k - recall_at_k``. K is clamped to the row count.
+    Exact search reads the answer off a :func:`neighbour_pass` (``neighbours``, when the
+    near-duplicate queries share it), positions only, no top-k lists.
     """
     n = targets.shape[0]
     if n == 0:
@@ -405,7 +701,21 @@ def oracle_recall(
     }
     if note:
         metrics["index_note"] = note
-    index = build_index(targets, factory, nprobe=nprobe, seed=seed) if approximate else None
+    if not approximate:
+        if neighbours is None or not (
+            neighbours.k == kmax and np.array_equal(neighbours.recall_rows, rows)
+        ):
+            neighbours = neighbour_pass(
+                targets, first, recall_rows=rows, k=kmax, near_rows=rows[:0]
+            )
+        for k in ks:
+            kk = min(k, n)
+            metrics[f"recall_at_{k}"] = np.count_nonzero(neighbours.own_rank < kk) / len(rows)
+            metrics[f"dup_aware_recall_at_{k}"] = np.count_nonzero(
+                neighbours.group_rank < kk
+            ) / len(rows)
+        return _ordered({**metrics, **_duplicate_metrics(first, rows)}, ks)
+    index = build_index(targets, factory, nprobe=nprobe, seed=seed)
     if index is not None:
         metrics["nprobe"] = _index_nprobe(index)
     counts: dict[str, float] = {}
@@ -415,23 +725,24 @@ def oracle_recall(
         batch_rows = rows[start : start + batch]
         xq = _take(targets, batch_rows)
         _, exact_ids = exact_knn(targets, xq, kmax)
-        ids = _search(index, xq, kmax)[1] if index is not None else exact_ids
-        for name, value in _recall_counts(
-            ks, n, batch_rows, first, ids, exact_ids, approximate
-        ).items():
+        ids = _search(index, xq, kmax)[1]
+        for name, value in _recall_counts(ks, n, batch_rows, first, ids, exact_ids).items():
             counts[name] = counts.get(name, 0.0) + value
     for name, total in counts.items():
         metrics[name] = total / len(rows)
-    if approximate:
-        for k in ks:
-            metrics[f"index_error_at_{k}"] = (
-                metrics[f"exact_recall_at_{k}"] - metrics[f"recall_at_{k}"]
-            )
+    for k in ks:
+        metrics[f"index_error_at_{k}"] = metrics[f"exact_recall_at_{k}"] - metrics[f"recall_at_{k}"]
+    return _ordered({**metrics, **_duplicate_metrics(first, rows)}, ks)
+
+
+def _duplicate_metrics(first: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    n = len(first)
     redundant, _, _, _ = _group_summary(first)
-    metrics["exact_duplicate_share"] = redundant / n
     in_group = np.bincount(first, minlength=n)[first] > 1
-    metrics["query_in_duplicate_group_share"] = float(in_group[rows].mean())
-    return _ordered(metrics, ks)
+    return {
+        "exact_duplicate_share": redundant / n,
+        "query_in_duplicate_group_share": float(in_group[rows].mean()),
+    }
 
 
 def _recall_counts(
@@ -441,9 +752,9 @@ def _recall_counts(
     first: np.ndarray,
     ids: np.ndarray,
     exact_ids: np.ndarray,
-    approximate: bool,
 ) -> dict[str, float]:
-    """Hit counts of one query batch (summed over batches, then divided by the queries)."""
+    """Hit counts of one query batch of an approximate index (summed over batches, then
+    divided by the queries)."""
     counts: dict[str, float] = {}
     for k in ks:
         kk = min(k, n)
@@ -452,14 +763,13 @@ def _recall_counts(
         counts[f"dup_aware_recall_at_{k}"] = _hits(
             first[np.maximum(top, 0)], first[rows], valid=top >= 0
         )
-        if approximate:
-            counts[f"exact_recall_at_{k}"] = _hits(exact_ids[:, :kk], rows)
-            counts[f"exact_dup_aware_recall_at_{k}"] = _hits(first[exact_ids[:, :kk]], first[rows])
-            # A self-query lands in its own IVF cell, so IVF-Flat never loses its own row;
-            # the overlap with the exact top k shows what the index loses for other queries.
-            counts[f"neighbour_recall_at_{k}"] = knn_intersection_measure(
-                top, exact_ids[:, :kk]
-            ) * len(rows)
+        counts[f"exact_recall_at_{k}"] = _hits(exact_ids[:, :kk], rows)
+        counts[f"exact_dup_aware_recall_at_{k}"] = _hits(first[exact_ids[:, :kk]], first[rows])
+        # A self-query lands in its own IVF cell, so IVF-Flat never loses its own row;
+        # the overlap with the exact top k shows what the index loses for other queries.
+        counts[f"neighbour_recall_at_{k}"] = knn_intersection_measure(top, exact_ids[:, :kk]) * len(
+            rows
+        )
     return counts
 
 
@@ -503,16 +813,17 @@ def find_duplicates(
     near_threshold: float = NEAR_DUPLICATE_COSINE,
     seed: int = 0,
     near_sample: int = NEAR_SAMPLE,
-    neighbours: int = NEAR_NEIGHBOURS,
     duplicate_groups: np.ndarray | None = None,
+    neighbours: NeighbourPass | None = None,
 ) -> dict[str, Any]:
     """Exact and near-duplicate target vectors, and duplicate texts.
 
     Shares count *redundant* rows: rows that repeat an earlier row (the first of each
     group is kept). ``near_duplicate_share`` counts rows that are not exact duplicates
     but have an earlier row at cosine >= ``near_threshold``, so the two shares add up.
-    Near-duplicates come from an exact k-NN search of every row when that is cheap,
-    otherwise of a seeded sample of rows (with a 95 % Wilson interval).
+    Near-duplicates come from exact cosines of every row against all rows when that is
+    cheap, otherwise of a seeded sample of rows (with a 95 % Wilson interval), read off
+    a :func:`neighbour_pass` (``neighbours``, when the recall queries share it).
     """
     n = targets.shape[0]
     first = duplicate_groups if duplicate_groups is not None else exact_duplicate_groups(targets)
@@ -530,9 +841,17 @@ def find_duplicates(
             for h, s in zip(heads[:10], sizes[:10], strict=True)
         ],
     }
-    near_metrics, near_details = _near_duplicates(
-        targets, first, texts, near_threshold, seed, near_sample, neighbours
-    )
+    if neighbours is None or neighbours.near_threshold != float(near_threshold):
+        rows = near_query_rows(n, targets.shape[1], near_sample, seed)
+        neighbours = neighbour_pass(
+            targets,
+            first,
+            recall_rows=rows[:0],
+            k=1,
+            near_rows=rows,
+            near_threshold=near_threshold,
+        )
+    near_metrics, near_details = _near_duplicates(neighbours, first, texts)
     metrics.update(near_metrics)
     details.update(near_details)
     if texts is not None:
@@ -561,46 +880,42 @@ def _snippet(text: Any, limit: int = 160) -> str | None:
     return " ".join(str(text).split())[:limit]
 
 
+def near_query_rows(
+    n: int, dim: int, sample: int, seed: int, within: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows queried for near-duplicates: all of them when ``n * n * dim`` multiply-adds
+    are cheap, else a seeded uniform sample of ``sample`` rows.
+
+    A sample contains ``within`` (the recall queries) and is filled up from the other
+    rows, so that one pass of the queries over the targets answers both checks.
+    """
+    if float(n) * n * dim <= EXHAUSTIVE_WORK or sample >= n:
+        return np.arange(n, dtype=np.int64)
+    if within is None or len(within) == 0:
+        return _seeded_rows(n, sample, seed)
+    rng = np.random.default_rng([seed, 0x6E656172])  # "near": apart from the recall draw
+    if len(within) >= sample:
+        return np.sort(rng.choice(within, size=sample, replace=False)).astype(np.int64)
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), within, assume_unique=True)
+    extra = rng.choice(rest, size=sample - len(within), replace=False)
+    return np.sort(np.concatenate([within, extra])).astype(np.int64)
+
+
 def _near_duplicates(
-    targets: np.ndarray,
-    first: np.ndarray,
-    texts: Sequence[Any] | np.ndarray | None,
-    threshold: float,
-    seed: int,
-    sample: int,
-    neighbours: int,
+    neighbours: NeighbourPass, first: np.ndarray, texts: Sequence[Any] | np.ndarray | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    n, dim = targets.shape
-    exhaustive = float(n) * n * dim <= EXHAUSTIVE_WORK or sample >= n
-    rows = _seeded_rows(n, None if exhaustive else sample, seed)
-    group_size = np.bincount(first, minlength=n)[first]
-    # Exact copies of a row fill its top-k first; look past them.
-    k = min(n, neighbours + 1 + int(min(group_size[rows].max() - 1, 1000)))
-    xq = _take(targets, rows)
-    near_redundant = np.zeros(len(rows), dtype=bool)
-    pairs: list[tuple[float, int, int]] = []
-    step = max(QUERY_BATCH, RESULT_BYTES // (k * 12 * 2))  # few passes over the rows
-    for start in range(0, len(rows), step):
-        batch = rows[start : start + step]
-        dist, ids = exact_knn(targets, xq[start : start + step], k)
-        cos = _cosines(targets, xq[start : start + step], dist, ids)
-        other_group = first[np.maximum(ids, 0)] != first[batch][:, None]
-        near = (cos >= threshold) & other_group & (ids >= 0)
-        earlier = near & (ids < batch[:, None])
-        not_exact_copy = first[batch] == batch
-        near_redundant[start : start + len(batch)] = earlier.any(axis=1) & not_exact_copy
-        for qi, col in zip(*np.nonzero(near & (ids > batch[:, None])), strict=True):
-            pairs.append((float(cos[qi, col]), int(batch[qi]), int(ids[qi, col])))
+    rows = neighbours.near_rows
+    n = len(first)
+    near_redundant = neighbours.near_earlier & (first[rows] == rows)  # not an exact copy
     share = float(near_redundant.mean()) if len(rows) else 0.0
     low, high = _wilson(int(near_redundant.sum()), len(rows))
-    pairs.sort(reverse=True)
     metrics = {
         "near_duplicate_share": share,
         "near_duplicate_share_ci_low": low,
         "near_duplicate_share_ci_high": high,
-        "near_duplicate_threshold": float(threshold),
+        "near_duplicate_threshold": neighbours.near_threshold,
         "near_duplicate_queries": len(rows),
-        "near_duplicate_exhaustive": bool(exhaustive),
+        "near_duplicate_exhaustive": bool(len(rows) == n),
     }
     examples = [
         {
@@ -608,20 +923,9 @@ def _near_duplicates(
             "cosine": c,
             **({"texts": [_snippet(texts[a]), _snippet(texts[b])]} if texts is not None else {}),
         }
-        for c, a, b in pairs[:10]
+        for c, a, b in neighbours.near_pairs[:NEAR_PAIRS_SHOWN]
     ]
     return metrics, {"near_pairs": examples}
-
-
-def _cosines(targets: np.ndarray, xq: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Inner products of a search turned into cosines (the rows may not be unit-norm)."""
-    flat = np.maximum(ids.ravel(), 0)
-    unique, inverse = np.unique(flat, return_inverse=True)
-    norms = np.linalg.norm(_take(targets, unique), axis=1)[inverse].reshape(ids.shape)
-    qnorm = np.linalg.norm(xq, axis=1)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = dist.astype(np.float64) / (norms * qnorm)
-    return np.where(np.isfinite(cos), cos, -np.inf)
 
 
 def _wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -681,6 +985,27 @@ def _groups(ctx: CheckContext) -> np.ndarray:
     return ctx.cached("exact_duplicate_groups", lambda: exact_duplicate_groups(_targets(ctx)))
 
 
+def _neighbours(ctx: CheckContext) -> NeighbourPass:
+    """The one neighbour pass of oracle_recall and duplicates (whichever runs first)."""
+
+    def compute() -> NeighbourPass:
+        targets = _targets(ctx)
+        n, dim = targets.shape
+        seed = int(getattr(ctx.options, "seed", 0))
+        recall_rows = _seeded_rows(n, getattr(ctx.options, "recall_sample", 1000), seed)
+        threshold = float(ctx.threshold("near_duplicate_cosine", NEAR_DUPLICATE_COSINE))
+        return neighbour_pass(
+            targets,
+            _groups(ctx),
+            recall_rows=recall_rows,
+            k=min(max(RECALL_KS), n),
+            near_rows=near_query_rows(n, dim, NEAR_SAMPLE, seed, recall_rows),
+            near_threshold=threshold,
+        )
+
+    return ctx.cached("neighbour_pass", compute)
+
+
 def check_oracle_recall(ctx: CheckContext) -> CheckResult:
     options = ctx.options
     targets = _targets(ctx)
@@ -693,6 +1018,7 @@ def check_oracle_recall(ctx: CheckContext) -> CheckResult:
         nprobe=getattr(options, "nprobe", None),
         seed=int(getattr(options, "seed", 0)),
         duplicate_groups=_groups(ctx),
+        neighbours=_neighbours(ctx),
     )
     # Gate on duplicate-aware recall: exact duplicates tie with the query and make strict
     # recall@1/5 depend on tie order, which says nothing about the index or the space.
@@ -741,6 +1067,7 @@ def check_duplicates(ctx: CheckContext) -> CheckResult:
         near_threshold=float(ctx.threshold("near_duplicate_cosine", NEAR_DUPLICATE_COSINE)),
         seed=int(getattr(ctx.options, "seed", 0)),
         duplicate_groups=_groups(ctx),
+        neighbours=_neighbours(ctx),
     )
     details = m.pop("details")
     near_ci = (

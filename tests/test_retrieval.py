@@ -291,7 +291,7 @@ def test_exact_copies_do_not_hide_near_duplicates() -> None:
     x = unit_rows(300, 16)
     x[1:15] = x[0]  # 14 exact copies fill the top 10 of row 0 and its copies
     x[200] = near_copy(x[0], 0.999, rng)
-    m = find_duplicates(x, neighbours=3)
+    m = find_duplicates(x)
     assert m["exact_duplicate_rows"] == 14
     assert m["near_duplicate_share"] == pytest.approx(1 / 300)  # row 200 only
 
@@ -369,3 +369,137 @@ def test_check_duplicates_fails_above_one_percent_unless_the_registry_allows_mor
     relaxed = run_on(path, "duplicates", thresholds={"duplicate_share": 0.1})
     assert relaxed.status == "passed"
     assert {g.kind for g in relaxed.gates} == {"registry"}
+
+
+# ------------------------------------------- the neighbour pass vs its definitions
+
+
+def tie_heavy(n: int = 1500, d: int = 8, seed: int = 3) -> np.ndarray:
+    """Small-integer vectors (exact float arithmetic: many exact ties between distinct
+    rows), duplicate groups of 2, 7 and 40 rows, zero rows, a NaN and an Inf row."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    x[100:107] = x[99]
+    x[rng.choice(np.arange(200, n), 40, replace=False)] = x[150]
+    x[[300, 900]] = 0.0
+    x[400, 3] = np.nan
+    x[401, 0] = np.inf
+    x[500] = x[499]
+    return x
+
+
+def heap_positions(x: np.ndarray, rows: np.ndarray, first: np.ndarray, k: int) -> tuple:
+    """Reference: positions of own row and group in the exact top-k lists (the old path)."""
+    _, ids = exact_knn(x, x[rows], k)
+    own = ids == rows[:, None]
+    group = (first[np.maximum(ids, 0)] == first[rows][:, None]) & (ids >= 0)
+    pos = lambda hit: np.where(hit.any(1), hit.argmax(1), k)  # noqa: E731
+    return pos(own), pos(group)
+
+
+@pytest.mark.parametrize("k", [1, 5, 30, 1000])
+@pytest.mark.parametrize("block_rows", [None, 7, 256])
+def test_pass_ranks_equal_the_positions_in_the_exact_top_k_lists(
+    k: int, block_rows: int | None
+) -> None:
+    x = tie_heavy()
+    first = exact_duplicate_groups(x)
+    rows = np.unique(np.r_[np.arange(0, 1500, 3), [99, 100, 106, 150, 300, 400, 401, 499, 500]])
+    npass = retrieval.neighbour_pass(
+        x, first, recall_rows=rows, k=k, near_rows=rows[:0], block_rows=block_rows
+    )
+    own, group = heap_positions(x, rows, first, min(k, len(x)))
+    np.testing.assert_array_equal(np.minimum(npass.own_rank, k), own)
+    np.testing.assert_array_equal(np.minimum(npass.group_rank, k), group)
+    if k >= 30:  # the 40-row group straddles position k: those queries took the heap
+        assert 0 < npass.heap_queries < len(rows) // 4
+
+
+def test_recall_of_random_unit_rows_equals_the_top_k_lists() -> None:
+    x, _ = with_exact_copies(unit_rows(3000, 24, seed=4), 0.05)
+    m = oracle_recall(x, sample_size=700, ks=(1, 5, 50), seed=2)
+    rows = np.sort(np.random.default_rng(2).choice(3000, 700, replace=False))
+    first = exact_duplicate_groups(x)
+    own, group = heap_positions(x, rows, first, 50)
+    for k in (1, 5, 50):
+        assert m[f"recall_at_{k}"] == np.count_nonzero(own < k) / 700
+        assert m[f"dup_aware_recall_at_{k}"] == np.count_nonzero(group < k) / 700
+    assert m["recall_at_1"] < 1.0 == m["dup_aware_recall_at_1"]
+
+
+def near_reference(x: np.ndarray, rows: np.ndarray, threshold: float) -> tuple:
+    """Definitions: a row is near-redundant when it is not an exact copy and an earlier
+    row of another group lies at cosine >= threshold; pairs are all such (a < b)."""
+    first = exact_duplicate_groups(x)
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (x64[rows] @ x64.T) / (norms[rows, None] * norms[None, :])
+    other = first[None, :] != first[rows, None]
+    near = np.nan_to_num(cos, nan=-np.inf) >= threshold
+    near &= other
+    col = np.arange(len(x))[None, :]
+    earlier = (near & (col < rows[:, None])).any(1) & (first[rows] == rows)
+    qi, j = np.nonzero(near & (col > rows[:, None]))
+    pairs = sorted(zip(cos[qi, j], rows[qi], j, strict=True), reverse=True)[:10]
+    return earlier, [(int(a), int(b)) for _, a, b in pairs], [float(c) for c, _, _ in pairs]
+
+
+@pytest.mark.parametrize("block_rows", [None, 33])
+def test_near_duplicates_equal_the_definition(block_rows: int | None) -> None:
+    rng = np.random.default_rng(1)
+    x = unit_rows(1200, 16, seed=9)
+    sources = rng.choice(np.arange(10, 1100), 60, replace=False)
+    for i, r in enumerate(sources):  # distinct cosines: the order of the pairs is certain
+        x[r + rng.integers(1, 90) * (-1) ** i] = near_copy(x[r], 0.99305 + 0.0001 * i, rng)
+    scale = rng.uniform(0.5, 2.0, size=(len(x), 1)).astype(np.float32)
+    x = x * scale  # cosines, not inner products, decide
+    x[5:9] = x[4]  # exact copies do not count as near-duplicates of each other
+    x[[50, 51]] = 0.0
+    x[60, 2] = np.nan
+    rows = np.arange(len(x))
+    first = exact_duplicate_groups(x)
+    npass = retrieval.neighbour_pass(
+        x, first, recall_rows=rows[:0], k=1, near_rows=rows, near_threshold=0.995,
+        block_rows=block_rows,
+    )
+    earlier, pairs, cosines = near_reference(x, rows, 0.995)
+    np.testing.assert_array_equal(npass.near_earlier & (first == rows), earlier)
+    assert [(a, b) for _, a, b in npass.near_pairs] == pairs
+    assert [c for c, _, _ in npass.near_pairs] == pytest.approx(cosines, rel=1e-6)
+    m = find_duplicates(x, near_threshold=0.995)
+    assert m["near_duplicate_share"] == earlier.mean()
+
+
+def test_the_near_sample_contains_the_recall_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval, "EXHAUSTIVE_WORK", 0)
+    recall = np.sort(np.random.default_rng(0).choice(5000, 300, replace=False))
+    near = retrieval.near_query_rows(5000, 16, 800, 0, recall)
+    assert len(near) == len(np.unique(near)) == 800
+    assert np.isin(recall, near).all()
+    x, _ = near_duplicate_data()
+    rows = retrieval.near_query_rows(2000, 32, 800, 1, recall[recall < 2000])
+    earlier, _, _ = near_reference(x, rows, 0.995)
+    assert earlier.sum() > 0
+
+
+def test_recall_and_duplicates_checks_share_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = retrieval.neighbour_pass
+
+    def counted(*args: object, **kwargs: object) -> retrieval.NeighbourPass:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retrieval, "neighbour_pass", counted)
+    x, _ = with_exact_copies(unit_rows(1200, 16), 0.02)
+    entry = DatasetEntry("data", write_sequences(tmp_path / "d.npz", x), thresholds={})
+    session = Session(Registry(None, {}, {"data": entry}), RunOptions(debug=True))  # type: ignore[arg-type]
+    ctx = session.context("data")
+    recall = run_check(ctx, "oracle_recall")
+    dups = run_check(ctx, "duplicates")
+    assert len(calls) == 1
+    assert recall.metrics["dup_aware_recall_at_1"] == 1.0
+    assert dups.metrics["exact_duplicate_share"] == pytest.approx(0.02, abs=1e-3)
