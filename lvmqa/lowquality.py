@@ -334,7 +334,7 @@ def flag_threshold(
     scores = ref.scores
     if len(scores) == 0 or n_tested == 0:
         return math.inf
-    p = budget / n_tested  # allowed false-flag probability per article
+    p = min(budget / n_tested, 0.5)  # allowed false-flag probability per article
     beta = tail_scale(scores)
     median = float(np.median(scores))
     threshold = median + beta * math.log(max(0.5 / p, 1.0))
