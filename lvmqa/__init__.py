@@ -14,6 +14,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckResult": "lvmqa.results",
     "Gate": "lvmqa.results",
+    "from_gates": "lvmqa.results",
+    "GateSpec": "lvmqa.gates",
+    "declare_gate": "lvmqa.gates",
+    "make_gate": "lvmqa.gates",
+    "register_check": "lvmqa.gates",
     "CheckSkipped": "lvmqa.errors",
     "DatasetFormatError": "lvmqa.errors",
     "EncoderError": "lvmqa.errors",
@@ -31,7 +36,10 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 
+_RENAMED = {"make_gate": "make"}  # public name -> name in its module
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     raise AttributeError(f"module 'lvmqa' has no attribute {name!r}")

@@ -88,7 +88,7 @@ class Planned:
 
     @property
     def test_id(self) -> str:
-        shown = "?" if self.threshold is None else format_number(self.threshold.value)
+        shown = "unset" if self.threshold is None else format_number(self.threshold.value)
         return f"{self.dataset}-{self.spec.check}-{self.spec.id}{self.spec.op}{shown}"
 
 
@@ -99,20 +99,29 @@ def format_number(value: object) -> str:
 
 
 # ------------------------------------------------------------------------- the table
-def _spec(
+def declare_gate(
     check: str,
     metric: str,
     op: Op,
-    key: str | None,
-    default: Number | None,
-    kind: GateKind,
-    title: str,
+    key: str | None = None,
+    default: Number | None = None,
+    kind: GateKind = "absolute",
+    title: str = "",
     **extra: Any,
 ) -> GateSpec:
+    """A :class:`GateSpec`, ``higher_is_better`` derived from the operator.
+
+    Keyword extras are the optional GateSpec fields (``id``, ``ci_metric``, ``null``,
+    ``sign``, ``threshold_of``, ``threshold_text``, ``when``).
+    """
     higher = None if op == "==" else op in (">=", ">")
     return GateSpec(
-        check, extra.pop("id", metric), title, metric, op, key, default, higher, kind, **extra
-    )
+        check, extra.pop("id", metric), title or metric, metric, op, key, default, higher, kind,
+        **extra,
+    )  # fmt: skip
+
+
+_spec = declare_gate
 
 
 def _dataset_dim(ctx: CheckContext) -> Number | None:
@@ -334,6 +343,56 @@ def register_gates(specs: Iterable[GateSpec]) -> None:
 
 
 register_gates(_builtin())
+
+
+def register_check(
+    check_id: str,
+    function: Callable[[CheckContext], Any] | str,
+    *,
+    title: str,
+    gates: Iterable[GateSpec],
+    phase: str = "P1",
+) -> None:
+    """Add a check of your own, with its declared gates, to lvmqa.
+
+    Call it from your repository's ``conftest.py`` (it must run before pytest collects:
+    ``pytest --pyargs quality_tests`` then runs one item per dataset and gate of your
+    check too, and ``lvmqa_check(check_id)`` returns its result). ``function`` is
+    ``check(ctx) -> CheckResult`` (a module-level function, or ``"module:function"``);
+    build its gates with :func:`make` so that thresholds resolve like lvmqa's own.
+    """
+    import importlib
+
+    from lvmqa.checks import CHECKS
+
+    if not check_id.isidentifier() or check_id != check_id.lower():
+        raise LvmqaError(
+            f"check id {check_id!r} is not a snake_case name", expected="e.g. my_check"
+        )
+    if phase not in ("P0", "P1", "P2"):
+        raise LvmqaError(f"check {check_id}: unknown phase {phase!r}", expected="P0, P1 or P2")
+    if isinstance(function, str):
+        target = function
+    else:
+        target = f"{function.__module__}:{function.__qualname__}"
+        module_name, _, name = target.partition(":")
+        found = getattr(importlib.import_module(module_name), name, None)
+        if found is not function:
+            raise LvmqaError(
+                f"check {check_id}: {target} is not importable by that name",
+                expected="a module-level function or a 'module:function' string",
+            )
+    entry = (phase, target, title)
+    if check_id in CHECKS and CHECKS[check_id] != entry:
+        raise LvmqaError(f"check '{check_id}' is already registered", found=CHECKS[check_id][1])
+    specs = list(gates)
+    if not specs:
+        raise LvmqaError(f"check {check_id} declares no gate", expected="at least one GateSpec")
+    for declared in specs:
+        if declared.check != check_id:
+            raise LvmqaError(f"gate {declared.label} is declared for another check than {check_id}")
+    register_gates(specs)
+    CHECKS[check_id] = entry
 
 
 def spec(check_id: str, gate_id: str) -> GateSpec:
