@@ -11,7 +11,15 @@ Three independent lines of evidence, so a namespace mismatch in one cannot hide 
   inner product on normalised copies, k=1) against this dataset's targets; cosine at or
   above ``near_threshold`` counts. Exact duplicates count here too.
 
-Zero is the only defensible value for all three, so the gates are structural.
+A shared title or id is NOT a shared article by itself: two documents may both be
+called "Introduction", and two files may number their articles from 0. A shared key
+fails only where content confirms it: an exact or near-duplicate target, or an identical
+text of at least ``MIN_CONFIRMING_WORDS`` words, between a split row and a training row
+that agree on that title or id. Keys shared without such content are counted
+(``<role>_article_overlap_unconfirmed_count``, ``<role>_title_collisions_unconfirmed``,
+``<role>_article_id_collisions_unconfirmed``) as warnings, never as a failure.
+
+Zero is the only defensible value for confirmed leaks, so those gates are structural.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ DEFAULT_NEAR_THRESHOLD = 0.995
 # shows up in a sample of that size.
 DEFAULT_NEAR_SAMPLE = 5000
 _HASH_BYTES = 16
+# An identical text confirms a shared article only when it is long enough not to be
+# boilerplate ("See also", "Introduction", a licence line is shorter or repeats anyway).
+MIN_CONFIRMING_WORDS = 6
 _MAX_EXAMPLES = 10
 _SEARCH_BLOCK = 1024
 
@@ -49,7 +60,7 @@ _SEARCH_BLOCK = 1024
 # refer to:") are real Wikipedia content; they are reported and only gated by share,
 # so a handful of quoted sentences does not fail a clean split.
 _GATES: tuple[tuple[str, str, float], ...] = (
-    ("article_overlap_count", "max_article_overlap", 0),
+    ("article_overlap_confirmed_count", "max_article_overlap", 0),
     ("shared_exact_duplicate_same_article_count", "max_shared_duplicates", 0),
     ("shared_near_duplicate_same_article_count", "max_shared_near_duplicates", 0),
     ("shared_exact_duplicate_share", "max_shared_duplicate_share", 0.005),
@@ -93,6 +104,7 @@ class Overlap:
     split_rows_in_shared: int
     split_rows: int
     examples: list[Any] = field(default_factory=list)
+    keys: frozenset[Any] = frozenset()  # every shared key
 
     @property
     def article_share(self) -> float | None:
@@ -111,7 +123,9 @@ def article_overlap(train_keys: Iterable[Any], split_keys: Iterable[Any], key: s
     shared = split & train
     rows_in_shared = sum(1 for k in split_list if k is not None and k in shared)
     examples = sorted(shared, key=str)[:_MAX_EXAMPLES]
-    return Overlap(key, len(split), len(shared), rows_in_shared, len(split_list), examples)
+    return Overlap(
+        key, len(split), len(shared), rows_in_shared, len(split_list), examples, frozenset(shared)
+    )
 
 
 def _known(meta: pd.DataFrame, column: str) -> list[Any] | None:
@@ -141,17 +155,67 @@ def _coverage(meta: pd.DataFrame, column: str) -> float:
 def choose_overlap(train_meta: pd.DataFrame, split_meta: pd.DataFrame) -> Overlap | None:
     """The overlap to gate on: the identity known for the most rows of both files.
 
-    Titles win ties: a Wikipedia title names one article everywhere, while article ids
-    agree between two files only if both were numbered from the same bank.
+    Ids win ties (a title may name different documents). Which key is chosen matters
+    less than it did: a shared key fails only where content confirms it (see
+    :func:`confirmed_keys`), and a content match confirms under either identity.
     """
     found = overlaps(train_meta, split_meta)
     if not found:
         return None
     best = max(
         found,
-        key=lambda c: (min(_coverage(train_meta, c), _coverage(split_meta, c)), c == "title"),
+        key=lambda c: (min(_coverage(train_meta, c), _coverage(split_meta, c)), c == "article"),
     )
     return found[best]
+
+
+def _text_key(text: object) -> str | None:
+    if not isinstance(text, str):
+        return None
+    words = text.split()
+    return " ".join(words) if len(words) >= MIN_CONFIRMING_WORDS else None
+
+
+def shared_text_rows(
+    train_texts: Iterable[object] | None, split_texts: Iterable[object] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows whose text (whitespace-normalised, >= MIN_CONFIRMING_WORDS words) occurs
+    identically in training, and the first training row with it."""
+    if train_texts is None or split_texts is None:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    first: dict[str, int] = {}
+    for row, text in enumerate(train_texts):
+        key = _text_key(text)
+        if key is not None:
+            first.setdefault(key, row)
+    pairs = [
+        (s, first[key])
+        for s, text in enumerate(split_texts)
+        if (key := _text_key(text)) is not None and key in first
+    ]
+    return (
+        np.array([s for s, _ in pairs], dtype=np.int64),
+        np.array([t for _, t in pairs], dtype=np.int64),
+    )
+
+
+def confirmed_keys(
+    train_meta: pd.DataFrame,
+    split_meta: pd.DataFrame,
+    key: str,
+    train_rows: np.ndarray,
+    split_rows: np.ndarray,
+) -> set[Any]:
+    """Split articles (under ``key``) that a content pair confirms as shared with training.
+
+    A pair (split row, training row) of matching content confirms the split row's
+    article when the two rows agree on the article id or on the title.
+    """
+    split_keys = _known(split_meta, key)
+    inside = same_article(train_meta, split_meta, key, train_rows, split_rows)
+    if split_keys is None or inside is None:
+        return set()
+    return {split_keys[int(s)] for s in split_rows[inside] if split_keys[int(s)] is not None}
 
 
 def _normalised(block: np.ndarray) -> np.ndarray:
@@ -230,16 +294,21 @@ def same_article(
     """
     if key is None:
         return None
-    train_keys, split_keys = _known(train_meta, key), _known(split_meta, key)
-    if train_keys is None or split_keys is None:
-        return None
-    return np.array(
-        [
-            train_keys[t] is not None and train_keys[t] == split_keys[s]
-            for t, s in zip(train_rows.tolist(), split_rows.tolist(), strict=True)
-        ],
-        dtype=bool,
-    )
+    inside: np.ndarray | None = None
+    # the chosen identity, then any other both files know: ids or titles may each disagree
+    for column in dict.fromkeys((key, "article", "title")):
+        train_keys, split_keys = _known(train_meta, column), _known(split_meta, column)
+        if train_keys is None or split_keys is None:
+            continue
+        agree = np.array(
+            [
+                train_keys[t] is not None and train_keys[t] == split_keys[s]
+                for t, s in zip(train_rows.tolist(), split_rows.tolist(), strict=True)
+            ],
+            dtype=bool,
+        )
+        inside = agree if inside is None else inside | agree
+    return inside
 
 
 def pair_evidence(
@@ -289,6 +358,7 @@ def pair_evidence(
         for name in ("exact", "near"):
             for suffix in ("count", "same_article_count", "share"):
                 metrics[f"{p}shared_{name}_duplicate_{suffix}"] = None
+        _confirm(p, metrics, details, train, split, train_meta, split_meta, found, [])
         return PairEvidence(role, metrics, details)
 
     key = overlap.key if overlap else None
@@ -325,7 +395,55 @@ def pair_evidence(
     details[f"{p}near_duplicate_examples"] = _pair_examples(
         train, split, train_meta, split_meta, near_train, near
     )
+    content = [(shared_train, shared), (near_train, near)]
+    _confirm(p, metrics, details, train, split, train_meta, split_meta, found, content)
     return PairEvidence(role, metrics, details)
+
+
+def _confirm(
+    p: str,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+    train: Dataset,
+    split: Dataset,
+    train_meta: pd.DataFrame,
+    split_meta: pd.DataFrame,
+    found: Mapping[str, Overlap],
+    content: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Shared titles/ids confirmed by content (vectors or identical texts) vs collisions."""
+    text_split, text_train = shared_text_rows(train.target_texts, split.target_texts)
+    metrics[f"{p}shared_text_count"] = len(text_split)
+    pairs = [*content, (text_train, text_split)]
+    train_rows = np.concatenate([t for t, _ in pairs]).astype(np.int64)
+    split_rows = np.concatenate([s for _, s in pairs]).astype(np.int64)
+    overlap = choose_overlap(train_meta, split_meta)
+    key = overlap.key if overlap else None
+    inside = same_article(train_meta, split_meta, key, text_train, text_split)
+    metrics[f"{p}shared_text_same_article_count"] = (
+        int(inside.sum()) if inside is not None else None
+    )
+    confirmed: dict[str, set[Any]] = {
+        column: confirmed_keys(train_meta, split_meta, column, train_rows, split_rows)
+        for column in found
+    }
+    for column, name in (("title", "title_collisions"), ("article", "article_id_collisions")):
+        shared = found.get(column)
+        metrics[f"{p}{name}_unconfirmed"] = (
+            len(shared.keys - confirmed[column]) if shared is not None else None
+        )
+    if overlap is None or key is None:
+        metrics[f"{p}article_overlap_confirmed_count"] = None
+        metrics[f"{p}article_overlap_unconfirmed_count"] = None
+        return
+    chosen = confirmed[key]
+    metrics[f"{p}article_overlap_confirmed_count"] = len(chosen)
+    metrics[f"{p}article_overlap_unconfirmed_count"] = len(overlap.keys - chosen)
+    details[f"{p}confirmed_shared_articles"] = sorted(chosen, key=str)[:_MAX_EXAMPLES]
+    if len(text_split):
+        details[f"{p}shared_text_examples"] = _pair_examples(
+            train, split, train_meta, split_meta, text_train, text_split
+        )
 
 
 def _describe_row(ds: Dataset, meta: pd.DataFrame, row: int) -> dict[str, Any]:
@@ -443,8 +561,9 @@ def _message(metrics: Mapping[str, Any], splits: list[tuple[str, Any]], gates: l
         exact = metrics.get(f"{role}_shared_exact_duplicate_count")
         near = metrics.get(f"{role}_shared_near_duplicate_count")
         sampled = metrics.get(f"{role}_near_duplicate_sampled_rows")
+        confirmed = metrics.get(f"{role}_article_overlap_confirmed_count")
         articles = (
-            f"{shared} shared articles ({share:.1%} of {role})"
+            f"{shared} shared titles/ids ({share:.1%} of {role}), {confirmed} confirmed by content"
             if shared is not None and share is not None
             else "articles unknown"
         )
