@@ -25,8 +25,21 @@ from lvmqa.errors import LvmqaError
 def atomic_write(path: str | Path, *, mode: str = "wb", force: bool = True) -> Iterator[IO[Any]]:
     """Yield a file handle whose content replaces ``path`` only on success.
 
-    ``force=False`` refuses to replace an existing file.
+    ``force=False`` refuses to replace an existing file. A read-only or full disk
+    (any OSError while writing) is one ``LvmqaError`` line naming the target; the old
+    file, if any, is left as it was.
     """
+    try:
+        with _atomic_write(path, mode=mode, force=force) as handle:
+            yield handle
+    except OSError as exc:
+        raise LvmqaError(
+            "cannot write output", path=path, found=exc.strerror or type(exc).__name__
+        ) from None
+
+
+@contextlib.contextmanager
+def _atomic_write(path: str | Path, *, mode: str, force: bool) -> Iterator[IO[Any]]:
     target = Path(path)
     if target.exists() and not force:
         raise LvmqaError("output exists (pass --force to replace it)", path=target)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lvmqa import __version__
-from lvmqa.errors import LvmqaError
+from lvmqa.errors import CheckSkipped, LvmqaError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 QUALITY_TESTS = Path(__file__).resolve().parent.parent / "quality_tests"
@@ -53,11 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--html", metavar="FILE", help="write the self-contained HTML report")
     check.add_argument("--junitxml", metavar="FILE", help="write JUnit XML")
     check.add_argument("--no-smoke", action="store_true", help="skip the smoke training")
-    check.add_argument(
-        "--trust-registry",
-        action="store_true",
-        help="allow module:function encoders from a given registry",
-    )
+    _trust_flags(check)
 
     filt = command(
         "filter",
@@ -87,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "--drop-duplicates",
         action="store_true",
         help="drop exact duplicate targets after their first occurrence",
+    )
+    filt.add_argument(
+        "--drop-low-quality",
+        action="store_true",
+        help="drop the articles text_quality flags as low-quality pages from the data "
+        "(compared with the registry baseline's articles, else the dataset's own)",
     )
     filt.add_argument("--force", action="store_true", help="replace existing outputs")
 
@@ -119,11 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "lvmqa fingerprint minilm",
     )
     fp.add_argument("encoder", help="registry encoder name or model name")
-    fp.add_argument(
-        "--trust-registry",
-        action="store_true",
-        help="allow module:function encoders from a given registry",
-    )
+    _trust_flags(fp)
 
     rep = command(
         "report",
@@ -154,6 +152,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trust_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--trust-registry",
+        dest="trust_registry",
+        action="store_true",
+        default=None,
+        help="allow module:function encoders from the registry (never for a PR's checkout; "
+        "also $LVMQA_TRUST_REGISTRY=1)",
+    )
+    command.add_argument(
+        "--no-trust-registry",
+        dest="trust_registry",
+        action="store_false",
+        help="treat the registry as untrusted even if $LVMQA_TRUST_REGISTRY is set",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -167,19 +182,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lvmqa: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CheckSkipped as exc:  # e.g. fingerprint of an encoder that cannot be loaded
+        if args.debug:
+            raise
+        print(f"lvmqa: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RecursionError) as exc:  # hostile input past every budget
+        if args.debug:
+            raise
+        print(f"lvmqa: error: input too large or too deep ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("lvmqa: interrupted", file=sys.stderr)
         return 130
 
 
-def _registry(args: argparse.Namespace, trusted_flag: bool = False):  # type: ignore[no-untyped-def]
-    import os
+def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from lvmqa.registry import find_config, load_registry, trust_granted
 
-    from lvmqa.registry import find_config, load_registry
-
-    explicit = args.lvmqa_config or os.environ.get("LVMQA_CONFIG")
+    # Trust comes only from the flag or $LVMQA_TRUST_REGISTRY, never from where the
+    # registry lies: a pull request's checkout has an lvmqa.toml of its author's choosing.
     path = find_config(args.lvmqa_config)
-    return load_registry(path, trusted=trusted_flag or not explicit)
+    return load_registry(path, trusted=trust_granted(getattr(args, "trust_registry", None)))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -188,8 +212,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "filter":
         return _filter(args)
     if args.command == "windows":
+        from lvmqa.outputs import refuse_overwrite_of_inputs
         from lvmqa.windows import build_sequences
 
+        refuse_overwrite_of_inputs([args.out], [args.bank], option="--out")
         out = build_sequences(
             args.bank,
             args.out,
@@ -214,6 +240,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import pytest
 
+    from lvmqa.outputs import refuse_unwritable
+
+    # pytest-html writes its report itself: a folder it cannot write is refused here, in
+    # one line. Outputs that are inputs are refused by the plugin, which knows the paths.
+    refuse_unwritable([args.json_path, args.html, args.junitxml], option="report")
     argv = [
         str(QUALITY_TESTS),
         "-p",
@@ -240,8 +271,8 @@ def _check(args: argparse.Namespace) -> int:
         argv += [f"--html={args.html}", "--self-contained-html"]
     if args.no_smoke:
         argv += ["-m", "not smoke"]
-    if args.trust_registry:
-        argv.append("--trust-registry")
+    if args.trust_registry is not None:
+        argv.append("--trust-registry" if args.trust_registry else "--no-trust-registry")
     if args.debug:
         argv.append("--lvmqa-debug")
     code = pytest.main(argv)
@@ -251,14 +282,28 @@ def _check(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     from lvmqa.checks import Session
     from lvmqa.filtering import DEFAULT_BLOCKLIST, filter_dataset
+    from lvmqa.outputs import refuse_overwrite_of_inputs
 
     session = Session(_registry(args))
     entry = session.registry.dataset(args.dataset)
     path = session.data_path(entry)
+    prefix = Path(args.out)
+    outputs = [
+        prefix.with_name(prefix.name + suffix) for suffix in (".npz", ".mask.npy", ".manifest.json")
+    ]
+    sources = [path] + (
+        [session.data_path(session.registry.dataset(entry.source))] if entry.source else []
+    )
+    refuse_overwrite_of_inputs([prefix, *outputs], sources, option="--out")
     # With the source bank, rows are scored in article order instead of file order.
     source = session.context(entry.source).dataset if entry.source else None
     blocklist = DEFAULT_BLOCKLIST if args.blocklist is None else (args.blocklist or None)
     min_coherence = None if args.min_coherence < -1 else args.min_coherence
+    drop_rows = None
+    if args.drop_low_quality:
+        from lvmqa.lowquality import low_quality_row_mask
+
+        drop_rows = low_quality_row_mask(session.context(entry.name))
     manifest = filter_dataset(
         path,
         args.out,
@@ -267,6 +312,7 @@ def _filter(args: argparse.Namespace) -> int:
         drop_duplicates=args.drop_duplicates,
         source=source,
         force=args.force,
+        drop_rows=drop_rows,
     )
     counts = manifest.counts
     print(
@@ -281,7 +327,7 @@ def _filter(args: argparse.Namespace) -> int:
 def _fingerprint(args: argparse.Namespace) -> int:
     from lvmqa.encoders import fingerprint, load_encoder
 
-    registry = _registry(args, args.trust_registry)
+    registry = _registry(args)
     entry = registry.encoder(args.encoder)
     encoder = load_encoder(entry.model, trusted=registry.trusted, base_dir=registry.folder)
     result = fingerprint(encoder)
@@ -293,8 +339,10 @@ def _fingerprint(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from lvmqa.atomic import write_text_atomic
+    from lvmqa.outputs import refuse_overwrite_of_inputs
     from lvmqa.report import load_results, render_html, render_markdown
 
+    refuse_overwrite_of_inputs([args.out], [args.results], option="--out")
     results = load_results(args.results)
     fmt = args.format or ("html" if args.out and args.out.suffix in (".html", ".htm") else "md")
     text = render_markdown(results) if fmt == "md" else render_html(results)

@@ -28,6 +28,8 @@ the filter never scores directly) for input and output.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -64,6 +66,9 @@ DEFAULT_MIN_COHERENCE = 0.35
 # Precedence for the "primary" reason of a row dropped for several: the most basic
 # defect first, so the per-primary counts add up to the dropped total.
 REASONS = ("non_finite", "blocklist", "duplicate", "low_coherence")
+# Rows of pages lvmqa.lowquality flagged from the data; a reason only when asked for
+# (``drop_rows``), after the row-level reasons.
+PAGE_REASON = "low_quality_page"
 SCORE_DEFINITION = (
     "mean of the cosines to the previous and next row (article order when article ids are "
     "known, else file order); one neighbour at an article edge; rows with no usable "
@@ -313,6 +318,7 @@ def evaluate(
     blocklist: str | None = DEFAULT_BLOCKLIST,
     drop_duplicates: bool = False,
     source: str | Path | Dataset | None = None,
+    drop_rows: np.ndarray | None = None,
 ) -> MaskResult:
     """Scores, per-reason drop flags and the keep-mask, with what was and was not applied.
 
@@ -347,6 +353,9 @@ def evaluate(
         applied["low_coherence"] = "applied"
     else:
         applied["low_coherence"] = "not applied: no min_coherence given"
+    if drop_rows is not None:
+        reasons[PAGE_REASON] = np.asarray(drop_rows, dtype=bool)
+        applied[PAGE_REASON] = "applied"
     drop = np.zeros(ds.n, dtype=bool)
     for flags in reasons.values():
         drop |= flags
@@ -376,7 +385,7 @@ def primary_reason_counts(reasons: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Dropped rows counted once, under their first reason in ``REASONS`` order."""
     claimed = None
     counts: dict[str, int] = {}
-    for name in REASONS:
+    for name in [*REASONS, *(r for r in reasons if r not in REASONS)]:
         flags = reasons.get(name)
         if flags is None:
             counts[name] = 0
@@ -435,12 +444,15 @@ def output_paths(out: str | Path, input_path: Path) -> OutputPaths:
     )
 
 
-def _refuse_existing(paths: OutputPaths, input_path: Path, force: bool) -> None:
-    for path in (paths.dataset, paths.mask, paths.manifest):
-        if path.exists() and path.resolve() == input_path.resolve():
-            raise LvmqaError(
-                "output would overwrite the input", path=path, expected="a different --out"
-            )
+def _refuse_existing(
+    paths: OutputPaths, input_path: Path, force: bool, others: tuple[Path, ...] = ()
+) -> None:
+    from lvmqa.outputs import refuse_overwrite_of_inputs
+
+    # Never an input, nor inside a folder input (x.mask.npy would become its member).
+    outputs = (paths.dataset, paths.mask, paths.manifest)
+    refuse_overwrite_of_inputs(outputs, (input_path, *others), option="--out")
+    for path in outputs:
         if path.exists() and not force:
             raise LvmqaError("output exists (pass --force to replace it)", path=path)
 
@@ -708,12 +720,14 @@ def filter_dataset(
     source: str | Path | Dataset | None = None,
     force: bool = False,
     seed: int = 0,
+    drop_rows: np.ndarray | None = None,
 ) -> FilterManifest:
     """Write PREFIX.mask.npy, the filtered dataset (input format, keys and metadata kept)
     and PREFIX.manifest.json.
 
     ``source`` is the bank the rows came from (joined on target_id for article order and
-    titles); ``seed`` picks the example rows shown in the manifest.
+    titles); ``seed`` picks the example rows shown in the manifest; ``drop_rows`` (bool,
+    n) drops the rows of pages flagged elsewhere (``lowquality.low_quality_row_mask``).
     """
     ds = _open(path_or_ds)
     if ds.kind != "sequences":
@@ -725,7 +739,42 @@ def filter_dataset(
             found=f"a {ds.kind}: use `lvmqa windows BANK --out PATH` with its chunk filter",
         )
     paths = output_paths(out, ds.path)
-    _refuse_existing(paths, ds.path, force)
+    source_path = source if isinstance(source, (str, Path)) or source is None else source.path
+    _refuse_existing(paths, ds.path, force, () if source_path is None else (Path(source_path),))
+    with _output_set_lock(paths.manifest.parent):
+        return _filter_locked(
+            ds, paths, min_coherence, blocklist, drop_duplicates, source, force, seed, drop_rows
+        )
+
+
+@contextlib.contextmanager
+def _output_set_lock(folder: Path) -> Iterator[None]:
+    """Serialise filter runs writing into one folder (a lock on the folder itself, so
+    no lock file is left behind): two concurrent runs cannot interleave their sets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _filter_locked(
+    ds: Dataset,
+    paths: OutputPaths,
+    min_coherence: float | None,
+    blocklist: str | None,
+    drop_duplicates: bool,
+    source: str | Path | Dataset | None,
+    force: bool,
+    seed: int,
+    drop_rows: np.ndarray | None = None,
+) -> FilterManifest:
+    """The output set is complete or has no manifest: an old manifest is removed first,
+    the dataset and mask written next, and the manifest, naming both files' hashes
+    (``verify_output_set`` checks them), last."""
+    paths.manifest.unlink(missing_ok=True)
     started = time.time()
     result = evaluate(
         ds,
@@ -733,6 +782,7 @@ def filter_dataset(
         blocklist=blocklist,
         drop_duplicates=drop_duplicates,
         source=source,
+        drop_rows=drop_rows,
     )
     mask = result.mask
     kept = int(mask.sum())
@@ -763,6 +813,7 @@ def filter_dataset(
             "dataset": str(paths.dataset),
             "sha256": file_sha256(paths.dataset),
             "mask": str(paths.mask),
+            "mask_sha256": file_sha256(paths.mask),
             "format": "folder of .npy" if ds.path.is_dir() else "npz (uncompressed)",
             "filtered_keys": [p.name for p in plan if p.keep is not None],
             "copied_keys": [p.name for p in plan if p.keep is None and p.name not in updated],
@@ -779,7 +830,7 @@ def filter_dataset(
         "counts": {"input": ds.n, "kept": kept, "dropped": ds.n - kept},
         "reasons": reason_counts,
         "reasons_applied": result.applied,
-        "reason_precedence": list(REASONS),
+        "reason_precedence": list(primary),
         "dropped_by_primary_reason": primary,
         "windows_contiguous": contiguous,
         "windows_note": (
@@ -799,6 +850,33 @@ def filter_dataset(
         paths.manifest, json.dumps(to_jsonable(manifest), indent=2) + "\n", force=force
     )
     return FilterManifest(paths, ds.n, kept, reason_counts, primary, contiguous, manifest)
+
+
+def verify_output_set(manifest_path: str | Path) -> dict[str, Any]:
+    """The manifest of a filter output set, after checking that the dataset and mask it
+    names are the files beside it (same hashes): a reader's guard against a set that a
+    crash or another run left incomplete or mixed."""
+    path = Path(manifest_path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        output = manifest["output"]
+        pairs = (
+            (Path(output["dataset"]), output["sha256"]),
+            (Path(output["mask"]), output["mask_sha256"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise LvmqaError(
+            "not a complete filter manifest", path=path, found=type(exc).__name__
+        ) from None
+    for file, digest in pairs:
+        if not file.exists() or file_sha256(file) != digest:
+            raise LvmqaError(
+                "filter output set is incomplete or mixed (a file does not match its manifest)",
+                path=path,
+                key=file.name,
+                expected=str(digest),
+            )
+    return dict(manifest)
 
 
 def _data_file(ds: Dataset) -> DataFile:

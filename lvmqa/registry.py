@@ -2,20 +2,35 @@
 
 Relative paths resolve against the folder holding the TOML file. Every problem is
 a ``RegistryError`` naming the file and the entry, raised before any check runs.
+
+A registry may come from a pull request (docs/security.md): it is untrusted unless
+the caller grants trust (``--trust-registry`` or ``LVMQA_TRUST_REGISTRY=1``, never the
+file's location). Dataset and encoder names must match ``SAFE_NAME`` — they end up in
+shell lines of CI workflows, test ids and HTML — and a bare data file's stem is
+sanitised to that charset. Thresholds are finite numbers, and a blocklist must
+compile as an RE2 pattern, both checked here at load.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lvmqa.errors import RegistryError
+from lvmqa.errors import LvmqaError, RegistryError
+from lvmqa.patterns import compile_pattern
 
 DEFAULT_CONFIG_NAME = "lvmqa.toml"
+TRUST_ENV = "LVMQA_TRUST_REGISTRY"
+# Names that are safe in a shell word, a test id, a file name and HTML, unquoted.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 BUNDLED_MINILM = "all-MiniLM-L6-v2"
 SPLIT_ROLES = ("val", "ood")
 # Roles of per-row ids a ``[datasets.X.keys]`` table may map to file keys (lvmqa.io).
@@ -100,7 +115,7 @@ class Registry:
     path: Path | None
     encoders: dict[str, EncoderEntry]
     datasets: dict[str, DatasetEntry]
-    trusted: bool = True
+    trusted: bool = False
 
     @property
     def folder(self) -> Path:
@@ -112,7 +127,8 @@ class Registry:
             return self.datasets[name_or_path]
         candidate = Path(name_or_path).expanduser()
         if candidate.exists():
-            return DatasetEntry(name=candidate.stem, path=candidate.resolve(), from_registry=False)
+            name = safe_name(candidate.stem)
+            return DatasetEntry(name=name, path=candidate.resolve(), from_registry=False)
         where = f"registry {self.path}" if self.path else "the registry (none loaded)"
         known = ", ".join(sorted(self.datasets)) or "none"
         raise RegistryError(
@@ -125,6 +141,35 @@ class Registry:
             return self.encoders[name]
         # A bare model name works without a registry entry.
         return EncoderEntry(name=name, model=name)
+
+
+def safe_name(stem: str) -> str:
+    """A file stem as a dataset name in the ``SAFE_NAME`` charset (runs of other
+    characters become one '_'), so a hostile file name never reaches ids or HTML."""
+    name = _UNSAFE_CHARS.sub("_", stem).strip("._-")[:100] or "dataset"
+    return name if SAFE_NAME.fullmatch(name) else "_" + name[:99]
+
+
+def trust_granted(flag: bool | None = None) -> bool:
+    """Trust for ``module:function`` encoders: an explicit flag, else ``$LVMQA_TRUST_REGISTRY``.
+
+    Never inferred from where the registry file lies: a pull request's checkout holds
+    an ``lvmqa.toml`` of the PR's choosing.
+    """
+    if flag is not None:
+        return flag
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _check_name(path: Path, table: str, name: str) -> None:
+    if not SAFE_NAME.fullmatch(name):
+        raise RegistryError(
+            "unsafe name",
+            path=path,
+            key=f"{table}.{name[:60]!r}",
+            expected="letters, digits, '.', '_' or '-' (at most 100, not starting with . or -)",
+            found=repr(name[:60]),
+        )
 
 
 def find_config(explicit: str | Path | None = None, start: Path | None = None) -> Path | None:
@@ -141,11 +186,13 @@ def find_config(explicit: str | Path | None = None, start: Path | None = None) -
     return None
 
 
-def load_registry(path: str | Path | None, *, trusted: bool = True) -> Registry:
+def load_registry(path: str | Path | None, *, trusted: bool = False) -> Registry:
     if path is None:
         return Registry(None, {}, {}, trusted)
     path = Path(path)
     try:
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            raise RegistryError("not a regular file", path=path, expected="a TOML file")
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RegistryError("registry file not found", path=path) from None
@@ -156,7 +203,12 @@ def load_registry(path: str | Path | None, *, trusted: bool = True) -> Registry:
         raise RegistryError(f"invalid TOML: {detail}", path=path) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise RegistryError(f"cannot read registry: {exc}", path=path) from None
+    except RecursionError:
+        raise RegistryError("invalid TOML: nesting too deep", path=path) from None
     folder = path.resolve().parent
+    for table in ("encoders", "datasets"):
+        for name in _table(path, raw, table):
+            _check_name(path, table, name)
     encoders = {
         name: _encoder(path, name, body) for name, body in _table(path, raw, "encoders").items()
     }
@@ -248,8 +300,17 @@ def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
                 found=repr(spec["layout"]),
             )
         source = _text(path, where + ".build.from", spec["from"])
+        source_path = (folder / Path(source).expanduser()).resolve()
+        if source_path.exists() and not (source_path.is_file() or source_path.is_dir()):
+            raise RegistryError(
+                "build source is not a regular file",
+                path=path,
+                key=where + ".build.from",
+                expected="a bank file or folder",
+                found=source,
+            )
         build = BuildRecipe(
-            source=(folder / Path(source).expanduser()).resolve(),
+            source=source_path,
             windows=spec.get("windows", "article"),
             context=_positive_int(path, where + ".build.context", spec.get("context", 5)),
             layout=spec.get("layout", "per-sequence"),
@@ -268,7 +329,14 @@ def _dataset(path: Path, folder: Path, name: str, body: Any) -> DatasetEntry:
         refs[key] = value
     thresholds = dict(_thresholds(path, where, body.get("thresholds", {})))
     if "blocklist" in body:
-        thresholds["blocklist"] = _text(path, where + ".blocklist", body["blocklist"])
+        pattern = _text(path, where + ".blocklist", body["blocklist"])
+        try:
+            compile_pattern(pattern, where=where + ".blocklist")  # linear-time RE2 syntax
+        except LvmqaError as exc:
+            raise RegistryError(
+                exc.reason, path=path, key=exc.key, expected=exc.expected, found=exc.found
+            ) from None
+        thresholds["blocklist"] = pattern
     return DatasetEntry(
         name=name,
         path=data_path,
@@ -307,12 +375,13 @@ def _thresholds(path: Path, where: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise RegistryError("'thresholds' must be a table", path=path, key=where)
     for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
             raise RegistryError(
                 "threshold must be a number",
                 path=path,
                 key=f"{where}.thresholds.{key}",
-                found=repr(item),
+                expected="a finite number",
+                found=repr(item)[:60],
             )
     return value
 
