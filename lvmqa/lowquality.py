@@ -570,14 +570,18 @@ def blocklisted_page_mask(ctx: CheckContext) -> np.ndarray:
     return mask
 
 
+def low_quality_row_mask(ctx: CheckContext) -> np.ndarray:
+    """bool (n,): rows of the articles flagged as low-quality from the data (no blocklist)."""
+    analysis = analyse(ctx)
+    if not analysis.available or not analysis.flagged:
+        return np.zeros(ctx.dataset.n, dtype=bool)
+    meta, _ = context_meta(ctx)
+    return meta["article"].isin(analysis.flagged).to_numpy(dtype=bool)
+
+
 def flagged_row_mask(ctx: CheckContext) -> np.ndarray:
     """bool (n,): rows of blocklisted or low-quality pages (what `lvmqa filter` may drop)."""
-    mask = blocklisted_page_mask(ctx)
-    analysis = analyse(ctx)
-    if analysis.available and analysis.flagged:
-        meta, _ = context_meta(ctx)
-        mask = mask | meta["article"].isin(analysis.flagged).to_numpy(dtype=bool)
-    return mask
+    return blocklisted_page_mask(ctx) | low_quality_row_mask(ctx)
 
 
 # --- what text_quality reports -----------------------------------------------------------------
