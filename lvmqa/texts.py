@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lvmqa.errors import CheckSkipped, LvmqaError
+from lvmqa.patterns import SafePattern, compile_pattern
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
 
 if TYPE_CHECKING:
@@ -114,22 +115,14 @@ def normalise_texts(values: Iterable[object]) -> NormalisedTexts:
     return NormalisedTexts(texts, np.array(non_string, dtype=bool), np.array(missing, dtype=bool))
 
 
-def compile_blocklist(pattern: str | re.Pattern[str] | None) -> re.Pattern[str] | None:
-    """A case-insensitive regex, or None to disable the blocklist."""
-    if pattern is None or isinstance(pattern, re.Pattern):
+def compile_blocklist(pattern: str | SafePattern | None) -> SafePattern | None:
+    """A case-insensitive RE2 pattern (linear time, from lvmqa.patterns), or None to
+    disable the blocklist."""
+    if pattern is None or isinstance(pattern, SafePattern):
         return pattern
     if not pattern:
         return None
-    # TODO: compile through lvmqa.patterns.compile_pattern (re2, linear time) once it exists.
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise LvmqaError(
-            "invalid blocklist regular expression",
-            key="blocklist",
-            expected="a Python regex",
-            found=f"{pattern!r} ({exc})",
-        ) from None
+    return compile_pattern(pattern, where="blocklist")
 
 
 def looks_like_heading(text: str) -> bool:
@@ -147,7 +140,7 @@ def is_disambiguation_lead(text: str) -> bool:
     return DISAMBIGUATION_LEAD.match(text.strip()) is not None
 
 
-def text_blocklist_mask(texts: Sequence[str], pattern: re.Pattern[str] | None) -> np.ndarray:
+def text_blocklist_mask(texts: Sequence[str], pattern: SafePattern | None) -> np.ndarray:
     """Rows whose text IS a blocklisted page heading or a disambiguation lead.
 
     The pattern is matched at the start of a heading-like text only (one short line,
@@ -166,13 +159,11 @@ def text_blocklist_mask(texts: Sequence[str], pattern: re.Pattern[str] | None) -
     )
 
 
-def _matches(pattern: re.Pattern[str], name: str) -> bool:
+def _matches(pattern: SafePattern, name: str) -> bool:
     return pattern.match(name.strip()) is not None
 
 
-def title_blocklist_mask(
-    titles: Sequence[str | None], pattern: re.Pattern[str] | None
-) -> np.ndarray:
+def title_blocklist_mask(titles: Sequence[str | None], pattern: SafePattern | None) -> np.ndarray:
     """Rows whose article title starts with the pattern or is a ``… (disambiguation)`` page."""
     out = np.zeros(len(titles), dtype=bool)
     if pattern is None:
@@ -188,7 +179,7 @@ def title_blocklist_mask(
 def blocklist_row_mask(
     texts: Sequence[str] | None,
     titles: Sequence[str | None] | None,
-    pattern: str | re.Pattern[str] | None = DEFAULT_BLOCKLIST,
+    pattern: str | SafePattern | None = DEFAULT_BLOCKLIST,
     *,
     n: int | None = None,
 ) -> np.ndarray:
@@ -365,7 +356,7 @@ def text_quality_report(
     values: Iterable[object],
     meta: pd.DataFrame | None = None,
     *,
-    blocklist: str | re.Pattern[str] | None = DEFAULT_BLOCKLIST,
+    blocklist: str | SafePattern | None = DEFAULT_BLOCKLIST,
     min_text_chars: int = DEFAULT_MIN_TEXT_CHARS,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
 ) -> TextQualityReport:

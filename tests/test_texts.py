@@ -174,7 +174,7 @@ def test_check_fails_on_blocklisted_and_empty_texts(tmp_path: Path) -> None:
 def test_registry_thresholds_and_blocklist_override(tmp_path: Path) -> None:
     texts = [PROSE, "List of rivers", PROSE + " b", PROSE + " c"]
     session = make_session(
-        tmp_path, texts, '[datasets.d.thresholds]\nblocklist_share = 0.5\nblocklist = "lakes"\n'
+        tmp_path, texts, 'blocklist = "lakes"\n[datasets.d.thresholds]\nblocklist_share = 0.5\n'
     )
     result = check_text_quality(session.context("d"))
     gate = next(g for g in result.gates if g.name == "blocklist_share")
