@@ -366,14 +366,20 @@ class LowQualityAnalysis:
     baseline_row_share: float | None = None
 
 
-def _texts(ds: Dataset) -> list[str] | None:
-    return normalise_texts(ds.target_texts).texts if ds.target_texts is not None else None
+def _texts(ctx: CheckContext) -> list[str] | None:
+    """The dataset's target texts as str (computed once per dataset)."""
+
+    def compute() -> list[str] | None:
+        texts = ctx.dataset.target_texts
+        return normalise_texts(texts).texts if texts is not None else None
+
+    return ctx.cached("lowquality.texts", compute)
 
 
 def _dataset_stats(ctx: CheckContext) -> pd.DataFrame | None:
     def compute() -> pd.DataFrame | None:
         meta, _ = context_meta(ctx)
-        return article_statistics(ctx.dataset, meta, _texts(ctx.dataset))
+        return article_statistics(ctx.dataset, meta, _texts(ctx))
 
     return ctx.cached("lowquality.article_stats", compute)
 
@@ -466,7 +472,7 @@ def low_quality_articles(
     assert analysis.stats is not None and analysis.z is not None and analysis.scores is not None
     meta, _ = context_meta(ctx)
     titles = _titles_by_article(meta)
-    texts = _texts(ctx.dataset)
+    texts = _texts(ctx)
     position = {int(a): i for i, a in enumerate(analysis.stats.index)}
     ranked = sorted(analysis.flagged, key=lambda a: -analysis.scores[position[a]])  # type: ignore[index]
     counts = meta["article"].value_counts()
@@ -551,7 +557,7 @@ def blocklisted_page_mask(ctx: CheckContext) -> np.ndarray:
     meta, _ = context_meta(ctx)
     column = meta["title"] if "title" in meta.columns else None
     titles = optional_strings(column) if column is not None and bool(column.notna().any()) else None
-    texts = _texts(ds)
+    texts = _texts(ctx)
     if texts is None and titles is None:
         return np.zeros(ds.n, dtype=bool)
     pattern = configured_blocklist(ctx)

@@ -357,3 +357,19 @@ def test_statistics_do_not_depend_on_the_row_order(seed: int) -> None:
             assert stats is not None
             frames.append(stats.sort_index())
         pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=False, atol=1e-6)
+
+
+def test_filter_drops_the_flagged_pages(tmp_path: Path) -> None:
+    from lvmqa.filtering import PAGE_REASON, filter_dataset
+    from lvmqa.lowquality import low_quality_row_mask
+
+    ctx = session(tmp_path).context("diluted")
+    manifest = filter_dataset(
+        ctx.dataset.path,
+        tmp_path / "out" / "filtered",
+        min_coherence=None,
+        drop_rows=low_quality_row_mask(ctx),
+    )
+    assert manifest.dropped_by_primary_reason[PAGE_REASON] == 60
+    kept = open_dataset(manifest.paths.dataset)
+    assert kept.n == 360 and bool((kept.meta["article"] < 900).all())

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from lvmqa.checks import Session
 from lvmqa.errors import LvmqaError
@@ -218,3 +220,65 @@ def test_titles_and_keys_come_from_the_source_bank(tmp_path: Path) -> None:
     assert m["blocklist_articles"] == 1
     assert m["duplicate_key_count"] == 0  # keys known only through the join
     assert "joined from source bank" in result.details["source_join"]
+
+
+# --- the blocklist names pages, never phrases of prose -----------------------------------------
+
+
+def test_blocklist_matches_pages_not_prose() -> None:
+    texts = [
+        "returns a list of strings",  # the issue's false alarm: documentation prose
+        "This function returns a List of strings.",
+        "See Category: rivers for more.",
+        "List of rivers in Europe",  # a page heading
+        "Category:Physics",
+        "Mercury may refer to:",  # a disambiguation lead
+        "Mercury may refer to: a planet, an element and a god.",
+        "The word list of the module is long.",
+        "Lists of things",
+    ]
+    assert blocklist_row_mask(texts, None).tolist() == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]
+    titles = [
+        "List of rivers",
+        "Mercury (disambiguation)",
+        "Category:Rivers",
+        "Introduction to lists of things",
+        "Glossary",
+        None,
+    ]
+    assert blocklist_row_mask(None, titles).tolist() == [True, True, True, False, False, False]
+
+
+_prose_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+
+
+@given(
+    st.lists(_prose_word, min_size=1, max_size=8),
+    st.sampled_from(["list of", "List of", "category:", "Category:", "disambiguation", "lists of"]),
+    st.lists(_prose_word, min_size=0, max_size=8),
+)
+def test_a_blocklist_phrase_inside_a_sentence_never_blocks(
+    before: list[str], phrase: str, after: list[str]
+) -> None:
+    """A sentence (closing punctuation) that merely contains the phrase is prose."""
+    sentence = " ".join([*before, phrase, *after]) + "."
+    assert not blocklist_row_mask([sentence], None).any()
+
+
+@given(st.lists(_prose_word, min_size=1, max_size=6))
+def test_any_list_or_disambiguation_title_blocks(words: list[str]) -> None:
+    name = " ".join(words)
+    assume(not name.startswith(("list of", "lists of")))
+    titles = [f"List of {name}", f"{name.capitalize()} (disambiguation)", f"Category:{name}"]
+    assert blocklist_row_mask(None, titles).all()
+    assert not blocklist_row_mask(None, [f"{name.capitalize()} and lists"]).any()
