@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from lvmqa import gates as gate_table
 from lvmqa.errors import CheckSkipped, LvmqaError
 from lvmqa.io import prefetched
+from lvmqa.metrics import NormAccumulator, norm_summary
 from lvmqa.progress import Task
 from lvmqa.results import CheckResult, Gate, GateKind, from_gates
 from lvmqa.spill import consecutive_cosines, spill_fits
@@ -104,6 +105,9 @@ class CoherencePass:
     normalised_target_sum: np.ndarray
     valid_targets: int
     target_norms: np.ndarray  # float32, NaN for zero / non-finite targets
+    # The norms check's statistics (lvmqa.metrics.norm_summary), when the pass streamed
+    # the file: the one read of every vector serves both.
+    norm_statistics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_lag(self) -> int:
@@ -342,7 +346,7 @@ class CoherenceAccumulator:
                 step = np.einsum("ncd,ncd->nc", x[:, :-1], x[:, 1:])
                 self.step[rows] = step / (x_norm[:, :-1] * x_norm[:, 1:])
 
-    def finish(self) -> CoherencePass:
+    def finish(self, norm_statistics: dict[str, Any] | None = None) -> CoherencePass:
         if self.rows_seen != self.n:
             raise ValueError(f"pass ended after {self.rows_seen} of {self.n} rows")
         return CoherencePass(
@@ -357,6 +361,7 @@ class CoherenceAccumulator:
             normalised_target_sum=self._target_sum,
             target_norms=self._target_norms,
             valid_targets=self._valid_targets,
+            norm_statistics=norm_statistics or {},
         )
 
 
@@ -435,9 +440,13 @@ def stream_coherence_pass(
 ) -> CoherencePass:
     """One sequential pass over the dataset; reading overlaps computing (a prefetch thread).
 
+    The pass also gathers the norms check's statistics (``norm_statistics``): the same
+    accumulators, fed the same chunks in the same order as ``metrics.norm_statistics``,
+    so the numbers are identical and the file is read once for both.
     ``progress(rows_done, rows_total)`` is called after each block (for a progress bar).
     """
     acc = CoherenceAccumulator(dataset.n, dataset.context_length, dataset.dim)
+    target_norms, context_norms = NormAccumulator(), NormAccumulator()
     # Chunks are read into a ring of reused buffers: the one being computed, PREFETCH
     # waiting in the queue and the one being read, so the ring needs PREFETCH + 2 slots.
     # acc.add keeps no reference to a block's arrays after it returns.
@@ -448,6 +457,9 @@ def stream_coherence_pass(
         # it is the only part of the work that reads the contexts, and it balances the
         # two cores (mapping + hashing there, lags and statistics here).
         for chunk in chunks:
+            # The norms are the only part that reads every context value; done here
+            # too, they balance the lags and statistics of the main thread.
+            context_norms.add(chunk.contexts, chunk.start)
             yield chunk, acc.identity_hashes(chunk.contexts, chunk.targets)
 
     # The pass already keeps both cores busy; a multi-threaded BLAS would add threads
@@ -463,9 +475,10 @@ def stream_coherence_pass(
                     found=f"row {chunk.start}",
                 )
             acc.add(chunk.contexts, chunk.targets, hashes)
+            target_norms.add(chunk.targets, chunk.start)
             if progress is not None:
                 progress(acc.rows_seen, dataset.n)
-    return acc.finish()
+    return acc.finish(norm_summary(target_norms, context_norms))
 
 
 def coherence_pass(ctx: CheckContext) -> CoherencePass:

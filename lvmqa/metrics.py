@@ -115,18 +115,32 @@ def norm_statistics(dataset: Any, chunk_rows: int | None = None) -> dict[str, An
         targets.add(chunk.targets, chunk.start)
         contexts.add(chunk.contexts, chunk.start)
     task.close()
+    return norm_summary(targets, contexts)
+
+
+def norm_summary(targets: NormAccumulator, contexts: NormAccumulator) -> dict[str, Any]:
+    """The norms check's metrics from the accumulators of one pass over a dataset."""
     metrics = {**targets.summary("target"), **contexts.summary("context")}
     metrics["n_vectors"] = targets.count + targets.nan_rows + targets.inf_rows
     metrics["flagged_rows"] = sorted(set(targets.worst_rows + contexts.worst_rows))[:20]
     return metrics
 
 
+def _shared_norm_statistics(ctx: CheckContext) -> dict[str, Any]:
+    """From the coherence pass, which streams every vector anyway (one read, not two)."""
+    from lvmqa.coherence import coherence_pass
+
+    shared = coherence_pass(ctx).norm_statistics
+    return dict(shared) if shared else norm_statistics(ctx.dataset)
+
+
 def check_norms(ctx: CheckContext) -> CheckResult:
-    m = ctx.cached("norm_statistics", lambda: norm_statistics(ctx.dataset))
+    m = ctx.cached("norm_statistics", lambda: _shared_norm_statistics(ctx))
     gates: list[Gate] = []
     for part in ("target", "context"):
         mean = m[f"{part}_norm_mean"]
         error = None if np.isnan(mean) else abs(mean - 1.0)
+        m[f"{part}_norm_mean_error"] = error  # the gated metric is a metric too
         gates += [
             make_gate(ctx, "norms", f"{part}_norm_mean_error", error),
             make_gate(ctx, "norms", f"{part}_norm_std", m[f"{part}_norm_std"]),
