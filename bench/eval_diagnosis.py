@@ -615,6 +615,18 @@ class Row:
     causes: list[tuple[str, Any]]
 
 
+# The checks whose results should show each cause: printed for a wrong row even when they pass.
+EVIDENCE: dict[str, tuple[str, ...]] = {
+    "ordering_or_boundary": ("sequence_integrity", "coherence_drift"),
+    "low_coherence_dilution": ("text_quality", "coherence_drift", "coherence"),
+    "duplicates": ("duplicates",),
+    "normalization": ("norms",),
+    "text_vector_misalignment": ("alignment",),
+    "split_leakage": ("split_leakage",),
+    "encoder_mismatch": ("alignment", "fingerprint"),
+}
+
+
 def judge(s: EvalSet, result: dict[str, Any]) -> Row:
     diagnosis = result.get("diagnosis", {})
     checks = result.get("checks", {})
@@ -626,7 +638,15 @@ def judge(s: EvalSet, result: dict[str, Any]) -> Row:
         correct = verdict == HEALTHY and not failing
     else:
         correct = top == s.expected
-    messages = {cid: str(checks[cid].get("message", "")) for cid in failing}
+    # The failing checks, then the passing checks that should have seen the expected cause.
+    shown = failing + [cid for cid in EVIDENCE.get(s.expected, ()) if cid not in failing]
+    messages = {
+        cid + ("" if cid in failing else f" ({checks[cid].get('status')})"): str(
+            checks[cid].get("message", "")
+        )
+        for cid in shown
+        if cid in checks
+    }
     return Row(
         s.name, s.corpus, s.defect, s.expected, verdict, top, correct, failing, messages, causes
     )
@@ -680,7 +700,7 @@ def summary(rows: Sequence[Row]) -> list[str]:
 
 
 def notes(rows: Sequence[Row]) -> list[str]:
-    """For each wrong row: the ranked causes and the failing checks' one-line messages."""
+    """For each wrong row: the ranked causes and the relevant checks' one-line messages."""
     out = []
     for r in rows:
         if r.correct:
@@ -761,7 +781,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [*table(rows), "", *summary(rows), f"run time: {elapsed:.0f} s, smoke {smoke}"]
     wrong = notes(rows)
     if wrong:
-        lines += ["", "wrong rows (ranked causes, confidence; failing checks' messages):", *wrong]
+        lines += [
+            "",
+            "wrong rows (ranked causes, confidence; messages of failing and relevant checks):",
+            *wrong,
+        ]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
