@@ -696,6 +696,11 @@ def diagnose(
                 f"({_f(gap.get('current_mean'), 3)} vs {_f(gap.get('reference_mean'), 3)}): "
                 "the content itself differs from the baseline"
             )
+        if unexplained and _m(results, "sequence_integrity").get("windows_checked") in (None, 0):
+            evidence.append(
+                "without article ids lvmqa cannot tell an ordering defect from a change of "
+                "content: map the file's id keys with [datasets.NAME.keys] and re-run"
+            )
         code = "low_coherence_dilution" if unexplained else "healthy"
         causes.append(Cause(code, 0.0, evidence))
     if not causes:
