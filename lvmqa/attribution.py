@@ -33,6 +33,7 @@ See docs/diagnosis.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -161,44 +162,97 @@ def _consecutive(view: RowView, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return _pairs_cosines(view, first, second), view.cluster[second]
 
 
-# ------------------------------------------------------------------------ series
+# ------------------------------------------------------------------ pair series
+@dataclass(frozen=True)
+class PairSeries:
+    """A statistic as pairs: each pair's cosine and the row of its later element (which
+    decides its cluster and its half)."""
+
+    cosines: np.ndarray
+    second: np.ndarray
+
+    def clustered(self, view: RowView, measure: np.ndarray | None) -> Clustered:
+        keep = slice(None) if measure is None else measure[self.second]
+        return clustered(self.cosines[keep], view.cluster[self.second[keep]], view.n_clusters)
+
+
+def _sorted_order(view: RowView) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in (article, chunk) order and the cosine of each consecutive pair (computed
+    once: within-article pairs from the cached article order, the rest read)."""
+    from lvmqa.coherence import article_order_rows
+
+    assert view.ids is not None
+    order = article_order_rows(view.ids)
+    cos_next = _pairs_cosines(view, order[:-1], order[1:])
+    return order, cos_next
+
+
+def _kept_pairs(
+    view: RowView, order: np.ndarray, cos_next: np.ndarray, drop: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive pairs of ``order`` once the ``drop`` rows are gone: pairs that were
+    already consecutive keep their cosine, the re-paired neighbours are computed."""
+    if drop is None:
+        return order, cos_next
+    keep = ~drop[order]
+    kept = order[keep]
+    if kept.size < 2:
+        return kept, np.empty(0, dtype=np.float32)
+    position = np.flatnonzero(keep)
+    joined = position[1:] == position[:-1] + 1
+    out = np.empty(kept.size - 1, dtype=np.float32)
+    out[joined] = cos_next[position[:-1][joined]]
+    new = ~joined
+    out[new] = _pairs_cosines(view, kept[:-1][new], kept[1:][new])
+    return kept, out
+
+
+class SeriesMaker:
+    """The statistic S of the data under any set of remedies (sort and/or row drops)."""
+
+    def __init__(self, view: RowView) -> None:
+        self.view = view
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def can_sort(self) -> bool:
+        return self.view.ids is not None and self.view.ids.complete
+
+    def make(self, sort: bool, drop: np.ndarray | None) -> PairSeries:
+        view = self.view
+        if sort:
+            if self._sorted is None:
+                self._sorted = _sorted_order(view)
+            kept, cos = _kept_pairs(view, *self._sorted, drop)
+            ids = view.ids
+            assert ids is not None
+            # A repeated (article, chunk) key is a duplicate, not an adjacency; article
+            # boundaries stay, as in a correctly built file.
+            art, chunk = ids.article[kept], ids.chunk[kept]
+            distinct = (art[1:] != art[:-1]) | (chunk[1:] != chunk[:-1])
+            distinct |= ~ids.chunk_known[kept][1:]
+            return PairSeries(cos[distinct], kept[1:][distinct])
+        if view.sliding:
+            kept, cos = _kept_pairs(view, np.arange(view.n), view.cpass.file_order, drop)
+            return PairSeries(cos, kept[1:])
+        steps = view.cpass.step_cosines
+        with np.errstate(invalid="ignore"):
+            windows = np.nanmean(steps, axis=1) if steps.shape[1] else np.full(view.n, np.nan)
+        rows = np.arange(view.n) if drop is None else np.flatnonzero(~drop)
+        return PairSeries(windows[rows], rows)
+
+
 def current_series(view: RowView, drop: np.ndarray | None = None) -> Clustered:
     """S of the data as stored, optionally with rows dropped (their neighbours re-paired)."""
-    if view.sliding:
-        if drop is None:
-            values = view.cpass.file_order
-            return clustered(values, view.cluster[1:], view.n_clusters)
-        kept = np.flatnonzero(~drop)
-        values, clusters = _consecutive(view, kept)
-        return clustered(values, clusters, view.n_clusters)
-    steps = view.cpass.step_cosines
-    windows = np.nanmean(steps, axis=1) if steps.shape[1] else np.full(view.n, np.nan)
-    keep = np.ones(view.n, bool) if drop is None else ~drop
-    return clustered(windows[keep], view.cluster[keep], view.n_clusters)
+    return SeriesMaker(view).make(False, drop).clustered(view, None)
 
 
 def sorted_series(view: RowView, drop: np.ndarray | None = None) -> Clustered | None:
-    """S after rebuilding in (article, chunk) order: consecutive distinct chunk keys.
-
-    A repeated (article, chunk) key is not an adjacency (it is a duplicate); article
-    boundaries stay, as in a correctly built file whose windows slide inside each
-    article. None without complete article ids.
-    """
-    from lvmqa.coherence import article_order_rows
-
-    ids = view.ids
-    if ids is None or not ids.complete:
+    """S after rebuilding in (article, chunk) order; None without complete article ids."""
+    maker = SeriesMaker(view)
+    if not maker.can_sort:
         return None
-    order = article_order_rows(ids)
-    if drop is not None:
-        order = order[~drop[order]]
-    if order.size < 2:
-        return None
-    art, chunk = ids.article[order], ids.chunk[order]
-    distinct = (art[1:] != art[:-1]) | (chunk[1:] != chunk[:-1]) | ~ids.chunk_known[order][1:]
-    first, second = order[:-1][distinct], order[1:][distinct]
-    values = _pairs_cosines(view, first, second)
-    return clustered(values, view.cluster[second], view.n_clusters)
+    return maker.make(True, drop).clustered(view, None)
 
 
 # ----------------------------------------------------------------------- remedies
@@ -237,26 +291,17 @@ def leaked_rows(ctx: CheckContext, results: Mapping[str, CheckResult]) -> np.nda
 FlagFunction = Callable[[int | None], np.ndarray | None]
 
 
-def dilution_flags(ctx: CheckContext) -> FlagFunction | None:
-    """``flags(half)``: rows of the pages flagged as low quality, chosen from half
-    ``half`` of each article's adjacent pairs (None: all pairs), or None if unknown."""
-    try:
-        from lvmqa import texts
-    except ImportError:  # pragma: no cover - texts is part of lvmqa
-        return None
-    finder = getattr(texts, "flagged_row_mask", None)
-    if finder is None:
-        return None
+def dilution_flags(ctx: CheckContext) -> FlagFunction:
+    """``flags(half)``: rows of the blocklisted and low-quality pages, the low-quality
+    ones chosen from half ``half`` of each article's adjacent pairs (None: all pairs)."""
+    from lvmqa.lowquality import flagged_row_mask
 
     def flags(half: int | None) -> np.ndarray | None:
         try:
-            try:
-                mask = finder(ctx, half=half)
-            except TypeError:  # a finder that cannot hold a half out
-                mask = finder(ctx) if half is None else None
+            mask = flagged_row_mask(ctx, pair_half=half)
         except (CheckSkipped, LvmqaError):
             return None
-        return None if mask is None else np.asarray(mask, dtype=bool)
+        return np.asarray(mask, dtype=bool)
 
     return flags
 
@@ -280,34 +325,48 @@ def pair_half(view: RowView) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- the analysis
-@dataclass
-class Remedy:
-    code: str
-    rows_dropped: int
-    shares: list[float]  # point share, per measurement fold
-    samples: np.ndarray  # bootstrap shares (concatenated folds)
-    remedied_mean: float
-    held_out: bool
-    estimate: str | None = None
-
-    def to_json(self, gap: float) -> dict[str, Any]:
-        share = float(np.mean(self.shares)) if self.shares else float("nan")
-        lo, hi = _interval(self.samples)
-        return {
-            "code": self.code,
-            "remedy": REMEDY_WORDS[self.code],
-            "rows_dropped": self.rows_dropped,
-            "remedied_mean": _finite(self.remedied_mean),
-            "recovered_share": _finite(share),
-            "recovered_share_ci": [_finite(lo), _finite(hi)],
-            "held_out": self.held_out,
-            "estimate": self.estimate,
-            "explains_nothing": bool(math.isfinite(hi) and hi < EXPLAINS_NOTHING),
-        }
+# Which failed check makes each remedy's cause a candidate.
+CANDIDATE_CHECKS = {
+    "ordering_or_boundary": "sequence_integrity",
+    "duplicates": "duplicates",
+    "low_coherence_dilution": "text_quality",
+    "split_leakage": "split_leakage",
+}
 
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+def _stats(series: Clustered, weights: np.ndarray) -> np.ndarray:
+    """[point mean, bootstrap means...]: one vector per value, so every combination of
+    values below is computed for the point and each replicate alike."""
+    return np.r_[series.mean, series.resampled(weights)]
+
+
+def shapley(codes: list[str], value: Callable[[frozenset[str]], np.ndarray]) -> dict[str, Any]:
+    """Exact Shapley values: each remedy's gain averaged over every order of applying
+    the others first, so interacting remedies split what they recover together and
+    the values add up to the gain of all of them."""
+    n = len(codes)
+    values: dict[frozenset[str], np.ndarray] = {}
+
+    def v(subset: frozenset[str]) -> np.ndarray:
+        if subset not in values:
+            values[subset] = value(subset)
+        return values[subset]
+
+    out: dict[str, Any] = {}
+    for code in codes:
+        others = [c for c in codes if c != code]
+        total = np.zeros_like(v(frozenset()))
+        for size in range(len(others) + 1):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for subset in itertools.combinations(others, size):
+                base = frozenset(subset)
+                total = total + weight * (v(base | {code}) - v(base))
+        out[code] = total
+    return out
 
 
 def coherence_attribution(
@@ -322,10 +381,9 @@ def coherence_attribution(
         return None
     if view.n < 3:
         return None
-    rng = seeded_rng(ctx, "attribution")
-    weights = poisson_weights(view.n_clusters, BOOTSTRAP_REPS, rng)
-    current = current_series(view)
-    cur_boot = current.resampled(weights)
+    maker = SeriesMaker(view)
+    weights = poisson_weights(view.n_clusters, BOOTSTRAP_REPS, seeded_rng(ctx, "attribution"))
+    current = _stats(maker.make(False, None).clustered(view, None), weights)
 
     drops: dict[str, np.ndarray] = {}
     dups = duplicated_rows(ctx)
@@ -335,188 +393,182 @@ def coherence_attribution(
     if leaked is not None and leaked.any():
         drops["split_leakage"] = leaked
     flags = dilution_flags(ctx)
-    flagged_all = flags(None) if flags else None
+    flagged_all = flags(None)
     if flagged_all is not None and flagged_all.any():
         drops["low_coherence_dilution"] = flagged_all
-    can_sort = view.ids is not None and view.ids.complete
+    available = (["ordering_or_boundary"] if maker.can_sort else []) + list(drops)
+
+    def series(subset: frozenset[str], fold_drops: Mapping[str, np.ndarray]) -> PairSeries:
+        drop = None
+        for code in subset - {"ordering_or_boundary"}:
+            drop = fold_drops[code] if drop is None else drop | fold_drops[code]
+        return maker.make("ordering_or_boundary" in subset, drop)
 
     base_ctx = ctx.baseline()
-    reference_kind = "baseline" if base_ctx is not None else "all remedies"
-    ref_boot: np.ndarray
     if base_ctx is not None:
         try:
             base_view = row_view(base_ctx)
         except (CheckSkipped, LvmqaError):
             return None
-        base = current_series(
-            RowView(
-                base_view.n,
-                base_view.cpass,
-                base_view.ids,
-                base_view.cluster,
-                base_view.n_clusters,
-                view.sliding,  # the same statistic on both sides
-                base_view.read_rows,
-            )
+        # The same statistic on both sides: the current data's, on the baseline's rows.
+        same = RowView(
+            base_view.n,
+            base_view.cpass,
+            base_view.ids,
+            base_view.cluster,
+            base_view.n_clusters,
+            view.sliding,
+            base_view.read_rows,
         )
-        reference = base.mean
         base_weights = poisson_weights(
             base_view.n_clusters, BOOTSTRAP_REPS, seeded_rng(ctx, "attribution:baseline")
         )
-        ref_boot = base.resampled(base_weights)
+        reference = _stats(SeriesMaker(same).make(False, None).clustered(same, None), base_weights)
+        reference_kind = "baseline"
+    elif available:
+        reference = _stats(series(frozenset(available), drops).clustered(view, None), weights)
+        reference_kind = "all remedies"
     else:
-        everything = np.zeros(view.n, bool)
-        for mask in drops.values():
-            everything |= mask
-        combined = (
-            sorted_series(view, everything if everything.any() else None) if can_sort else None
-        )
-        if combined is None:
-            combined = current_series(view, everything) if everything.any() else None
-        if combined is None:
-            return None
-        reference = combined.mean
-        ref_boot = combined.resampled(weights)
+        return None
 
-    gap_boot = ref_boot - cur_boot
-    gap = reference - current.mean
-    gap_ci = _interval(gap_boot)
+    gap = reference - current
+    gap_ci = _interval(gap[1:])
     out: dict[str, Any] = {
         "statistic": "file_order" if view.sliding else "within_window",
         "reference": reference_kind,
-        "reference_mean": _finite(reference),
-        "current_mean": _finite(current.mean),
-        "gap": _finite(gap),
+        "reference_mean": _finite(reference[0]),
+        "current_mean": _finite(current[0]),
+        "gap": _finite(gap[0]),
         "gap_ci": [_finite(gap_ci[0]), _finite(gap_ci[1])],
         "gap_significant": bool(math.isfinite(gap_ci[0]) and gap_ci[0] > 0),
-        "clusters": "articles" if can_sort else f"blocks of {NO_ID_BLOCK_ROWS} rows",
+        "clusters": "articles" if maker.can_sort else f"blocks of {NO_ID_BLOCK_ROWS} rows",
         "bootstrap_reps": BOOTSTRAP_REPS,
+        "share_method": "shapley over the candidate remedies",
         "remedies": [],
         "not_measured": {},
     }
-    if not out["gap_significant"]:
-        return out
-
-    def share_of(remedied: Clustered, fold_weights: np.ndarray) -> tuple[float, np.ndarray]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            samples = (remedied.resampled(fold_weights) - cur_boot) / gap_boot
-        return (remedied.mean - current.mean) / gap, samples
-
-    remedies: list[Remedy] = []
-    if can_sort:
-        remedied = sorted_series(view)
-        if remedied is not None:
-            share, samples = share_of(remedied, weights)
-            remedies.append(
-                Remedy("ordering_or_boundary", 0, [share], samples, remedied.mean, False)
-            )
-    elif view.sliding:
-        remedies.append(_estimated_reorder(view, current, cur_boot, gap, gap_boot, weights))
-    else:
+    if not maker.can_sort:
         out["not_measured"]["ordering_or_boundary"] = (
             "needs article and chunk ids for every row (map them with [datasets.X.keys])"
         )
-    for code, mask in drops.items():
-        held_out = code == "low_coherence_dilution"
-        if held_out and flags is not None:
-            remedy = _held_out_dilution(view, flags, current, cur_boot, gap, gap_boot, weights)
-            if remedy is None:
-                out["not_measured"][code] = "flagged pages could not be chosen on half the pairs"
-                continue
-            remedies.append(remedy)
-            continue
-        remedied = current_series(view, mask)
-        share, samples = share_of(remedied, weights)
-        remedies.append(Remedy(code, int(mask.sum()), [share], samples, remedied.mean, False))
     if "duplicates" not in drops:
         out["not_measured"]["duplicates"] = "no duplicated target vector"
     if "low_coherence_dilution" not in drops:
         out["not_measured"]["low_coherence_dilution"] = "no page flagged as low quality"
-    remedies.sort(key=lambda r: -float(np.mean(r.shares)))
-    out["remedies"] = [r.to_json(gap) for r in remedies]
+    if not out["gap_significant"]:
+        return out
+
+    failed = {cid for cid, r in results.items() if r.status == "failed"}
+    candidates = [c for c in available if not results or CANDIDATE_CHECKS[c] in failed]
+    folds = _folds(view, flags, "low_coherence_dilution" in available, drops)
+    if folds is None:
+        out["not_measured"]["low_coherence_dilution"] = (
+            "flagged pages could not be chosen on half the pairs"
+        )
+        available = [c for c in available if c != "low_coherence_dilution"]
+        candidates = [c for c in candidates if c != "low_coherence_dilution"]
+        folds = [(None, drops)]
+
+    def fold_value(measure: np.ndarray | None, fold_drops: Mapping[str, np.ndarray]) -> Any:
+        empty = _stats(series(frozenset(), fold_drops).clustered(view, measure), weights)
+        return lambda subset: (
+            _stats(series(subset, fold_drops).clustered(view, measure), weights) - empty
+        )
+
+    # Shares among the candidates (Shapley), and each remedy alone (for what it rules out).
+    shares: dict[str, list[np.ndarray]] = {c: [] for c in available}
+    alone: dict[str, list[np.ndarray]] = {c: [] for c in available}
+    for measure, fold_drops in folds:
+        value = fold_value(measure, fold_drops)
+        if candidates:
+            for code, gain in shapley(candidates, value).items():
+                shares[code].append(gain)
+        for code in available:
+            alone[code].append(value(frozenset({code})))
+    held = len(folds) > 1
+    remedies: list[dict[str, Any]] = []
+    for code in available:
+        gain_alone = np.mean(alone[code], axis=0)
+        gain = np.mean(shares[code], axis=0) if shares[code] else gain_alone
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share, share_alone = gain / gap, gain_alone / gap
+        lo, hi = _interval(share[1:])
+        remedies.append(
+            {
+                "code": code,
+                "remedy": REMEDY_WORDS[code],
+                "candidate": code in candidates,
+                "rows_dropped": int(drops[code].sum()) if code in drops else 0,
+                "remedied_mean": _finite(current[0] + gain_alone[0]),
+                "recovered_share": _finite(share[0]),
+                "recovered_share_ci": [_finite(lo), _finite(hi)],
+                "recovered_share_alone": _finite(share_alone[0]),
+                "held_out": held,
+                "estimate": None,
+                "explains_nothing": bool(math.isfinite(hi) and hi < EXPLAINS_NOTHING),
+            }
+        )
+    if not maker.can_sort and view.sliding:
+        remedies.append(_estimated_reorder(view, current, gap, weights))
+    remedies.sort(key=lambda r: -(r["recovered_share"] or 0.0))
+    out["remedies"] = remedies
     return out
 
 
+Fold = tuple[np.ndarray | None, Mapping[str, np.ndarray]]
+
+
+def _folds(
+    view: RowView, flags: FlagFunction, dilution: bool, drops: Mapping[str, np.ndarray]
+) -> list[Fold] | None:
+    """Where pages are flagged from their coherence, two folds: pages chosen on one half
+    of the pairs, every value measured on the other half. Otherwise one fold, all pairs."""
+    if not dilution:
+        return [(None, drops)]
+    half = pair_half(view)
+    folds: list[Fold] = []
+    for chosen_on in (0, 1):
+        mask = flags(chosen_on)
+        if mask is None:
+            return None
+        folds.append((half != chosen_on, {**drops, "low_coherence_dilution": mask}))
+    return folds
+
+
 def _estimated_reorder(
-    view: RowView,
-    current: Clustered,
-    cur_boot: np.ndarray,
-    gap: float,
-    gap_boot: np.ndarray,
-    weights: np.ndarray,
-) -> Remedy:
+    view: RowView, current: np.ndarray, gap: np.ndarray, weights: np.ndarray
+) -> dict[str, Any]:
     """Without ids, sorting cannot be applied; its effect is estimated from the lag
     profile instead. When bursts of articles are interleaved, a row's own next chunk
     sits k rows further, so cos(row i, row i+k) peaks at k > 1; putting each row next to
     it would raise S to that peak. On ordered data the peak is at k = 1: share 0.
     Chunks further apart than the pass's lags are not seen, so this is a lower bound."""
     cpass = view.cpass
-    per_lag = [
-        clustered(cpass.lag(k), view.cluster[k:], view.n_clusters)
-        for k in range(1, cpass.max_lag + 1)
-    ]
-    means = np.array([lag.mean for lag in per_lag])
-    best = int(np.nanargmax(means))
-    boots = np.stack([lag.resampled(weights) for lag in per_lag])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        samples = (np.nanmax(boots, axis=0) - cur_boot) / gap_boot
-    share = (float(means[best]) - current.mean) / gap
-    remedy = Remedy("ordering_or_boundary", 0, [share], samples, float(means[best]), False)
-    remedy.estimate = (
-        f"a lower bound estimated without ids from the lag profile (peak at {best + 1} rows)"
+    per_lag = np.stack(
+        [
+            _stats(clustered(cpass.lag(k), view.cluster[k:], view.n_clusters), weights)
+            for k in range(1, cpass.max_lag + 1)
+        ]
     )
-    return remedy
-
-
-def _held_out_dilution(
-    view: RowView,
-    flags: FlagFunction,
-    current: Clustered,
-    cur_boot: np.ndarray,
-    gap: float,
-    gap_boot: np.ndarray,
-    weights: np.ndarray,
-) -> Remedy | None:
-    """Pages chosen on one half of the pairs, the recovery measured on the other half.
-
-    The series of one half is the current S restricted to that half's pairs; the
-    remedied one drops the pages chosen on the *other* half. Shares of the two folds
-    are averaged (their bootstrap samples pooled).
-    """
-    half = pair_half(view)
-    shares: list[float] = []
-    samples: list[np.ndarray] = []
-    means: list[float] = []
-    dropped = 0
-    for chosen_on in (0, 1):
-        mask = flags(chosen_on)
-        if mask is None:
-            return None
-        measure = half != chosen_on  # rows whose pair (with the predecessor) is held out
-        if view.sliding:
-            kept = np.flatnonzero(~mask)
-            values, clusters = _consecutive(view, kept)
-            held = measure[kept[1:]]
-            remedied = clustered(values[held], clusters[held], view.n_clusters)
-            base_vals = view.cpass.file_order
-            base_held = measure[1:]
-            cur_half = clustered(base_vals[base_held], view.cluster[1:][base_held], view.n_clusters)
-        else:
-            steps = view.cpass.step_cosines
-            windows = np.nanmean(steps, axis=1) if steps.shape[1] else np.full(view.n, np.nan)
-            remedied = clustered(
-                windows[measure & ~mask], view.cluster[measure & ~mask], view.n_clusters
-            )
-            cur_half = clustered(windows[measure], view.cluster[measure], view.n_clusters)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fold = (remedied.resampled(weights) - cur_half.resampled(weights)) / gap_boot
-        shares.append((remedied.mean - cur_half.mean) / gap)
-        samples.append(fold)
-        means.append(remedied.mean)
-        dropped = max(dropped, int(mask.sum()))
-    del current, cur_boot
-    pooled = np.mean(np.stack(samples), axis=0)
-    return Remedy("low_coherence_dilution", dropped, shares, pooled, float(np.mean(means)), True)
+    best = int(np.nanargmax(per_lag[:, 0]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (np.nanmax(per_lag, axis=0) - current) / gap
+    share[0] = (per_lag[best, 0] - current[0]) / gap[0]
+    lo, hi = _interval(share[1:])
+    return {
+        "code": "ordering_or_boundary",
+        "remedy": REMEDY_WORDS["ordering_or_boundary"],
+        "candidate": True,
+        "rows_dropped": 0,
+        "remedied_mean": _finite(per_lag[best, 0]),
+        "recovered_share": _finite(share[0]),
+        "recovered_share_ci": [_finite(lo), _finite(hi)],
+        "recovered_share_alone": _finite(share[0]),
+        "held_out": False,
+        "estimate": f"a lower bound estimated without ids from the lag profile "
+        f"(peak at {best + 1} rows)",
+        "explains_nothing": bool(math.isfinite(hi) and hi < EXPLAINS_NOTHING),
+    }
 
 
 def attribute(ctx: CheckContext, results: Mapping[str, CheckResult]) -> dict[str, Any]:

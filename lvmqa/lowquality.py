@@ -171,9 +171,18 @@ def lag_cosines(ds: Dataset, order: RowOrder, lags: Sequence[int] = _LAGS) -> di
 
 
 def article_statistics(
-    ds: Dataset, meta: pd.DataFrame, texts: Sequence[str] | None
+    ds: Dataset,
+    meta: pd.DataFrame,
+    texts: Sequence[str] | None,
+    *,
+    pair_half: int | None = None,
 ) -> pd.DataFrame | None:
     """One row per article: size, title, the ``STATISTICS`` and their sampling variances.
+
+    ``pair_half`` (0 or 1) keeps only the adjacent pairs of that half: the pairs of one
+    article alternate between the halves (by the position of the pair's later chunk),
+    so pages can be chosen on one half and their effect measured on the other
+    (:mod:`lvmqa.attribution`). Text statistics use every row either way.
 
     Columns ``w_<stat>`` hold the within-article variance terms the reference pools:
     ``w_cos1``/``w_far``/``w_loglen`` are within-article variances with their counts.
@@ -183,6 +192,14 @@ def article_statistics(
     if order is None:
         return None
     cos = lag_cosines(ds, order)
+    if pair_half is not None:
+        starts = np.r_[0, np.flatnonzero(order.articles[1:] != order.articles[:-1]) + 1]
+        position = np.arange(len(order.rows)) - np.repeat(
+            starts, np.diff(np.r_[starts, len(order.rows)])
+        )
+        other = (position + 1) % 2 != pair_half
+        for values in cos.values():
+            values[other] = np.nan
     frame = pd.DataFrame({"article": order.articles, "cos1": cos[1]})
     frame["far"] = np.where(np.isnan(cos[2]), cos[3], cos[2])  # lag 2, else lag 3
     # lag 3 pairs count too: a second column so each pair is one observation
@@ -376,12 +393,13 @@ def _texts(ctx: CheckContext) -> list[str] | None:
     return ctx.cached("lowquality.texts", compute)
 
 
-def _dataset_stats(ctx: CheckContext) -> pd.DataFrame | None:
+def _dataset_stats(ctx: CheckContext, pair_half: int | None = None) -> pd.DataFrame | None:
     def compute() -> pd.DataFrame | None:
         meta, _ = context_meta(ctx)
-        return article_statistics(ctx.dataset, meta, _texts(ctx))
+        return article_statistics(ctx.dataset, meta, _texts(ctx), pair_half=pair_half)
 
-    return ctx.cached("lowquality.article_stats", compute)
+    key = "lowquality.article_stats" + ("" if pair_half is None else f":half{pair_half}")
+    return ctx.cached(key, compute)
 
 
 def _baseline_stats(ctx: CheckContext) -> tuple[pd.DataFrame | None, str | None, str]:
@@ -403,13 +421,17 @@ def _baseline_stats(ctx: CheckContext) -> tuple[pd.DataFrame | None, str | None,
     return stats, base.name, f"baseline '{base.name}'"
 
 
-def analyse(ctx: CheckContext) -> LowQualityAnalysis:
-    """Per-article statistics, reference, scores and flagged articles (computed once)."""
-    return ctx.cached("lowquality.analysis", lambda: _analyse(ctx))
+def analyse(ctx: CheckContext, pair_half: int | None = None) -> LowQualityAnalysis:
+    """Per-article statistics, reference, scores and flagged articles (computed once).
+
+    ``pair_half``: the dataset's coherence statistics from that half of the pairs only
+    (the reference keeps all of the baseline's pairs)."""
+    key = "lowquality.analysis" + ("" if pair_half is None else f":half{pair_half}")
+    return ctx.cached(key, lambda: _analyse(ctx, pair_half))
 
 
-def _analyse(ctx: CheckContext) -> LowQualityAnalysis:
-    stats = _dataset_stats(ctx)
+def _analyse(ctx: CheckContext, pair_half: int | None = None) -> LowQualityAnalysis:
+    stats = _dataset_stats(ctx, pair_half)
     if stats is None:
         return LowQualityAnalysis(
             False, "no article ids: per-article statistics need to know each row's article"
@@ -576,18 +598,19 @@ def blocklisted_page_mask(ctx: CheckContext) -> np.ndarray:
     return mask
 
 
-def low_quality_row_mask(ctx: CheckContext) -> np.ndarray:
+def low_quality_row_mask(ctx: CheckContext, pair_half: int | None = None) -> np.ndarray:
     """bool (n,): rows of the articles flagged as low-quality from the data (no blocklist)."""
-    analysis = analyse(ctx)
+    analysis = analyse(ctx, pair_half)
     if not analysis.available or not analysis.flagged:
         return np.zeros(ctx.dataset.n, dtype=bool)
     meta, _ = context_meta(ctx)
     return meta["article"].isin(analysis.flagged).to_numpy(dtype=bool)
 
 
-def flagged_row_mask(ctx: CheckContext) -> np.ndarray:
-    """bool (n,): rows of blocklisted or low-quality pages (what `lvmqa filter` may drop)."""
-    return blocklisted_page_mask(ctx) | low_quality_row_mask(ctx)
+def flagged_row_mask(ctx: CheckContext, pair_half: int | None = None) -> np.ndarray:
+    """bool (n,): rows of blocklisted or low-quality pages (what `lvmqa filter` may drop);
+    with ``pair_half``, the low-quality pages are chosen on that half of the pairs."""
+    return blocklisted_page_mask(ctx) | low_quality_row_mask(ctx, pair_half)
 
 
 # --- what text_quality reports -----------------------------------------------------------------

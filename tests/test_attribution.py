@@ -137,7 +137,13 @@ def test_dropping_duplicates_matches_its_definition(tmp_path: Path, articles: An
     expected = float(np.mean(_cos(kept[:-1], kept[1:])))
     assert dup["rows_dropped"] == int(duplicated.sum()) == 80
     assert dup["remedied_mean"] == pytest.approx(expected, abs=1e-6)
-    assert dup["recovered_share"] > 0.8
+    assert dup["recovered_share_alone"] > 0.8
+    # Sorting also recovers most of it (it pairs duplicate keys with nothing): with no
+    # failed check to tell them apart, Shapley splits the recovery between the two.
+    (sort,) = [r for r in out["remedies"] if r["code"] == "ordering_or_boundary"]
+    assert dup["recovered_share"] + sort["recovered_share"] == pytest.approx(
+        max(dup["recovered_share_alone"], sort["recovered_share_alone"]), abs=0.15
+    )
 
 
 def test_clean_data_has_no_gap_to_explain(tmp_path: Path, articles: Any) -> None:
@@ -206,20 +212,29 @@ def test_pages_chosen_from_noise_recover_nothing_on_held_out_pairs(tmp_path: Pat
         worst = np.argsort(means)[:40]
         return np.isin(art, worst)
 
-    current = attr.current_series(view)
-    weights = attr.poisson_weights(view.n_clusters, 200, np.random.default_rng(0))
-    gap = 0.01  # any positive gap: the shares are compared with each other
-    gap_boot = np.full(200, gap)
-    held = attr._held_out_dilution(view, lowest_pages, current, current.resampled(weights),
-                                   gap, gap_boot, weights)
-    assert held is not None
-    in_sample = attr.current_series(view, lowest_pages(None))
-    circular_share = (in_sample.mean - current.mean) / gap
-    held_share = float(np.mean(held.shares))
-    assert circular_share > 0.1  # what the circular measurement would claim
-    assert abs(held_share) < circular_share / 2
-    lo, hi = attr._interval(held.samples)
-    assert hi < circular_share / 2  # held out, the circular "recovery" is not claimed
+    maker = attr.SeriesMaker(view)
+    folds = attr._folds(view, lowest_pages, True, {})
+    assert folds is not None and len(folds) == 2
+    held = []
+    for measure, drops in folds:
+        before = maker.make(False, None).clustered(view, measure).mean
+        after = maker.make(False, drops["low_coherence_dilution"]).clustered(view, measure).mean
+        held.append(after - before)
+    current = attr.current_series(view).mean
+    circular = attr.current_series(view, lowest_pages(None)).mean - current
+    assert circular > 0.001  # what the circular measurement would claim
+    assert abs(float(np.mean(held))) < circular / 3
+
+
+def test_shapley_splits_what_remedies_recover_together() -> None:
+    def value(subset: frozenset[str]) -> np.ndarray:
+        # a and b only help together; c adds 0.2 on its own
+        return np.array([(0.6 if {"a", "b"} <= subset else 0.0) + (0.2 if "c" in subset else 0)])
+
+    out = attr.shapley(["a", "b", "c"], value)
+    assert out["a"][0] == pytest.approx(0.3) and out["b"][0] == pytest.approx(0.3)
+    assert out["c"][0] == pytest.approx(0.2)
+    assert sum(v[0] for v in out.values()) == pytest.approx(value(frozenset("abc"))[0])
 
 
 # ------------------------------------------------------------------- the ranking
@@ -257,7 +272,7 @@ def test_causes_rank_by_the_share_their_remedy_recovers() -> None:
     assert "recovers 90 %" in dx["root_causes"][0]["evidence"][0]
     dx = diagnose("d", results, attribution=_gap(("duplicates", 0.03),
                                                   ("ordering_or_boundary", 0.95)))
-    assert [c["code"] for c in dx["root_causes"]][0] == "ordering_or_boundary"
+    assert next(c["code"] for c in dx["root_causes"]) == "ordering_or_boundary"
 
 
 def test_a_remedy_that_explains_nothing_is_ruled_out_with_its_number() -> None:
