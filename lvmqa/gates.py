@@ -249,8 +249,10 @@ def _leakage() -> list[GateSpec]:
     for role in LEAKAGE_ROLES:
         when = f"needs a `{role} = …` split in the dataset's registry entry"
         specs += [
-            _spec("split_leakage", f"{role}_article_overlap_count", "<=", "max_article_overlap",
-                  0, "structural", f"{role}_article_overlap_count",
+            # A shared title or id fails only where the content confirms it.
+            _spec("split_leakage", f"{role}_article_overlap_confirmed_count", "<=",
+                  "max_article_overlap", 0, "structural",
+                  f"{role}_article_overlap_confirmed_count",
                   when=when + " and article ids or titles in both files"),
             _spec("split_leakage", f"{role}_shared_exact_duplicate_same_article_count", "<=",
                   "max_shared_duplicates", 0, "structural",
@@ -283,10 +285,16 @@ def _texts() -> list[GateSpec]:
             ("too_long_share", 0.01),
         )
     ]
-    specs.append(
+    specs += [
         _spec("text_quality", "duplicate_key_count", "<=", "duplicate_key_count", 0, "absolute",
-              "duplicate_key_count", when="needs article and chunk ids")
-    )  # fmt: skip
+              "duplicate_key_count", when="needs article and chunk ids"),
+        # Low-quality pages found from the data (lvmqa.lowquality), against the baseline's
+        # articles ("relative"; "statistical" when the dataset is its own reference).
+        _spec("text_quality", "low_quality_significant_row_share", "<=",
+              "max_low_quality_row_share", 0.01, "relative",
+              "low_quality_significant_row_share",
+              when="needs article ids and enough articles to judge pages against a reference"),
+    ]  # fmt: skip
     return specs
 
 

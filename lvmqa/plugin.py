@@ -13,7 +13,6 @@ Fixtures: ``lvmqa_check(check_id) -> CheckResult``, ``lvmqa_dataset_obj -> Datas
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +82,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--trust-registry",
         action="store_true",
         default=None,
-        help="allow 'module:function' encoders from a registry given with "
-        "--lvmqa-config or $LVMQA_CONFIG (never do this for untrusted PRs)",
+        help="allow 'module:function' encoders from the registry (also "
+        "$LVMQA_TRUST_REGISTRY=1; never for a pull request's checkout)",
     )
     group.addoption(
         "--no-trust-registry",
         dest="trust_registry",
         action="store_false",
-        help="treat even the default lvmqa.toml as untrusted (CI gating of PRs)",
+        help="treat the registry as untrusted even if $LVMQA_TRUST_REGISTRY is set "
+        "(the default: trust is never inferred from where lvmqa.toml lies)",
     )
     group.addoption("--lvmqa-seed", type=int, default=0, help="seed for sampling and training")
     group.addoption(
@@ -137,17 +137,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if not datasets and not json_path:
         return
     from lvmqa.checks import RunOptions, Session
-    from lvmqa.registry import find_config, load_registry
+    from lvmqa.registry import find_config, load_registry, trust_granted
 
-    explicit = config.getoption("lvmqa_config") or os.environ.get("LVMQA_CONFIG")
     trust_flag = config.getoption("trust_registry")
     try:
         path = find_config(
             config.getoption("lvmqa_config"), start=Path(config.invocation_params.dir)
         )
-        # The repository's own lvmqa.toml is trusted by default; a file named on the
-        # command line or in the environment is not, unless --trust-registry says so.
-        trusted = (not explicit) if trust_flag is None else bool(trust_flag)
+        # Trust is opt-in (--trust-registry or $LVMQA_TRUST_REGISTRY=1), never inferred
+        # from the file's location: a PR's checkout holds an lvmqa.toml of its choosing.
+        trusted = trust_granted(trust_flag)
         registry = load_registry(path, trusted=trusted)
         options = RunOptions(
             seed=config.getoption("lvmqa_seed"),
@@ -170,6 +169,12 @@ def pytest_configure(config: pytest.Config) -> None:
             session.context(options.baseline)
         for name in session.requested:  # bad files fail now, before any test runs
             session.context(name).dataset  # noqa: B018 - opening validates the file
+        from lvmqa.outputs import refuse_overwrite_of_inputs, refuse_unwritable
+
+        reports = [json_path, getattr(config.option, "htmlpath", None)]
+        refuse_unwritable(reports, option="report")
+        inputs = [session.context(name).dataset.path for name in session.contexts]
+        refuse_overwrite_of_inputs(reports, inputs, option="report")
         if config.getoption("lvmqa_json") or getattr(config.option, "htmlpath", None):
             # Reports name each file by its sha256: a full extra read, done meanwhile
             # at the lowest CPU priority instead of after the checks.
@@ -322,6 +327,13 @@ class GateCase:
     @property
     def threshold(self) -> Any:
         return self.gate.threshold
+
+    @property
+    def ci_bound(self) -> Any:
+        """The CI bound on the worse side (see Gate.ci_bound), rounded like the value."""
+        from lvmqa.results import to_jsonable
+
+        return to_jsonable(self.gate.ci_bound)
 
     def table(self) -> str:
         from lvmqa.gates import evidence_table

@@ -84,8 +84,15 @@ class Gate:
         return bound < self.null if self.op in (">=", ">") else bound > self.null
 
     @property
+    def measured(self) -> bool:
+        return self.value is not None and not (
+            isinstance(self.value, float) and math.isnan(self.value)
+        )
+
+    @property
     def passed(self) -> bool:
-        if self.null is not None and self.value is not None:
+        # A value that was not measured never passes, significance gate or not.
+        if self.null is not None and self.measured:
             return not (self.beyond_threshold and self.significant)
         return not self.beyond_threshold
 

@@ -22,7 +22,7 @@ def check_gate(case: GateCase) -> None:
     if gate.null is not None:
         # A significance gate fails only when the value is beyond the threshold AND the
         # CI bound on the worse side is beyond no-change (`null`).
-        ci_bound, null = gate.ci_bound, gate.null
+        ci_bound, null = case.ci_bound, gate.null
         if ci_bound is None:  # no CI: the change cannot be told from noise
             return
         if gate.op in (">=", ">"):
