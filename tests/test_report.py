@@ -973,7 +973,7 @@ def test_pytest_html_report_starts_with_the_diagnosis(quality_pytester: pytest.P
         "-p",
         "no:cacheprovider",
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=11)  # test_norms and one row per norms gate
     parser = PytestHtmlPage()
     parser.feed((quality_pytester.path / "report.html").read_text(encoding="utf-8"))
     # The summary is real markup in the page (pytest-html renders the prefix unescaped)...
@@ -984,3 +984,8 @@ def test_pytest_html_report_starts_with_the_diagnosis(quality_pytester: pytest.P
     tests = json.loads(parser.jsonblob)["tests"]
     extras = [e for runs in tests.values() for run in runs for e in run.get("extras", [])]
     assert any("CHECK: Vector norms" in e["content"] for e in extras)
+    # Each gate row carries its own small table: value, operator, threshold, source.
+    gate_rows = [key for key in tests if "test_gate[demo-norms-" in key]
+    assert len(gate_rows) == 10
+    assert any('class="lvmqa-gate"' in e["content"] and "norm_mean_tolerance" in e["content"]
+               for e in extras)
