@@ -19,6 +19,7 @@ from lvmqa.checks import RunOptions, Session
 from lvmqa.diagnosis import diagnose, facts_from_context
 from lvmqa.io import open_dataset
 from lvmqa.registry import load_registry
+from lvmqa.texts import is_disambiguation_lead
 from lvmqa.windows import build_sequences, plan_windows, write_windows
 from tests.conftest import REPO
 
@@ -86,6 +87,11 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bank = open_dataset(DATA / "wiki-790k.bank.npz")
     titles = bank.bank_table()["title"].fillna("").to_numpy(str)
     keep = np.array([not re.search(BLOCKLIST, t) for t in titles])
+    # ... and the pages that open "X may refer to:" under a plain title ("Ada", "Alien")
+    table = bank.bank_table()
+    texts = _arrays(DATA / "wiki-790k.bank.npz")["concept_texts"]
+    leads = np.array([is_disambiguation_lead(str(x)) for x in texts])
+    keep &= ~table["article"].isin(set(table["article"][leads])).to_numpy()
     write_windows(bank, root / "interleaved.npz",
                   plan_windows(bank, windows="file_order", keep=keep))
     # dilution only: list/disambiguation pages added, every window inside its article
