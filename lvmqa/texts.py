@@ -594,5 +594,7 @@ def _message(metrics: Mapping[str, Any], gates: list[Gate], unchecked: list[str]
     summary = "; ".join(parts) if parts else f"{metrics['n_texts']} texts look clean"
     if unchecked:
         summary += " (duplicate keys not checked: no article/chunk ids)"
+    if metrics.get("low_quality_available") is False:
+        summary += " (low-quality pages not scored: no article ids)"
     verdict = "FAILED " + ", ".join(g.name for g in failed) if failed else "ok"
     return f"{verdict}: {summary}"

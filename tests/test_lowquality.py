@@ -320,6 +320,7 @@ def test_without_article_ids_nothing_is_scored_and_the_reason_is_given(tmp_path:
     result = check_text_quality(ctx)
     assert "low_quality_significant_row_share" in result.details["ungated_metrics"]
     assert "article ids" in result.details["ungated_metrics"]["low_quality_significant_row_share"]
+    assert "low-quality pages not scored: no article ids" in result.message
 
 
 def test_a_list_heading_first_marks_the_page_a_heading_inside_marks_the_row(
