@@ -149,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print only the names of datasets added or changed relative to "
         "this older registry (for CI gating of pull requests)",
     )
+    listing.add_argument(
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="with --changed-from: print the names as one JSON array (for CI steps, which "
+        "must read names as data, never paste them into a shell line)",
+    )
     return parser
 
 
@@ -356,8 +363,14 @@ def _report(args: argparse.Namespace) -> int:
 def _datasets(args: argparse.Namespace) -> int:
     registry = _registry(args)
     if args.changed_from is not None:
-        for name in changed_datasets(registry.path, args.changed_from):
-            print(name)
+        names = changed_datasets(registry.path, args.changed_from)
+        if args.as_json:
+            import json
+
+            print(json.dumps(names))
+        else:
+            for name in names:
+                print(name)
         return EXIT_OK
     print(f"registry: {registry.path}")
     for name, entry in registry.datasets.items():

@@ -28,16 +28,26 @@ class SafePattern:
         self.pattern = pattern
         self._regex = regex
 
-    def search(self, text: str) -> bool:
-        """True when the pattern matches anywhere in ``text``."""
+    def search(self, text: str) -> Any:
+        """The first match anywhere in ``text`` (an RE2 match object), or None."""
         try:
-            return self._regex.search(text) is not None
-        except UnicodeEncodeError:  # lone surrogates cannot be UTF-8: match what is readable
-            readable = text.encode("utf-8", "replace").decode("utf-8")
-            return self._regex.search(readable) is not None
+            return self._regex.search(text)
+        except UnicodeEncodeError:  # lone surrogates are not UTF-8: match what is readable
+            return self._regex.search(_readable(text))
+
+    def match(self, text: str) -> Any:
+        """A match at the start of ``text``, or None."""
+        try:
+            return self._regex.match(text)
+        except UnicodeEncodeError:
+            return self._regex.match(_readable(text))
 
     def __repr__(self) -> str:
         return f"SafePattern({self.pattern!r})"
+
+
+def _readable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def compile_pattern(pattern: str, *, where: str, ignore_case: bool = True) -> SafePattern:

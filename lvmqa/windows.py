@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from lvmqa.atomic import atomic_write
 from lvmqa.errors import DatasetFormatError, LvmqaError
 from lvmqa.io import Dataset
 from lvmqa.npzfile import NpzWriter, file_sha256
+from lvmqa.patterns import compile_pattern
 from lvmqa.registry import BuildRecipe
 
 RECIPE_VERSION = 1
@@ -90,7 +90,7 @@ def text_filter(bank: Dataset, *, blocklist: str | None = None, min_chars: int =
     keep = np.ones(len(table), dtype=bool)
     texts = getattr(bank, "_bank_texts", None)
     if blocklist:
-        pattern = re.compile(blocklist, re.IGNORECASE)
+        pattern = compile_pattern(blocklist, where="--blocklist")  # RE2: linear time
         if texts is not None:
             keep &= np.array([not (isinstance(t, str) and pattern.search(t)) for t in texts])
         titles = table["title"].fillna("").to_numpy(str)
@@ -204,6 +204,11 @@ def build_sequences(
     min_chars: int = 0,
     force: bool = False,
 ) -> Path:
+    from lvmqa.outputs import refuse_overwrite_of_inputs
+
+    refuse_overwrite_of_inputs([out], [bank_path], option="--out")  # even with --force
+    if blocklist:
+        compile_pattern(blocklist, where="--blocklist")  # a bad pattern fails before the read
     bank = Dataset(bank_path, context_length=context)
     if bank.kind != "bank":
         raise DatasetFormatError(
