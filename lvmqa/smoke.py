@@ -1305,6 +1305,7 @@ def run_smoke(
     # Rows with NaN/Inf would turn every loss into NaN; the `norms` check reports them.
     finite = _finite_rows(contexts, targets)
     model_class = model_class or amn_class()
+    data_id = _data_identity(dataset)
     folds_done: list[_Fold] = []
     tried: list[float] = []
     train_scores = (float("nan"), float("nan"))
@@ -1336,7 +1337,7 @@ def run_smoke(
                 dataclasses.replace(config, lr=tried[-1]),
                 val_halves=halves,
             )
-        reloaded = _checkpoint_roundtrip(outcome.model, dataset.sha256(), model_class, device)
+        reloaded = _checkpoint_roundtrip(outcome.model, data_id, model_class, device)
         val_ctx, val_tgt = contexts[val_pos], targets[val_pos]
         reloaded_rows, _ = model_row_scores(reloaded, val_ctx, val_tgt)
         best_check = next(c for c in outcome.checks if c.step == outcome.best_step)
@@ -1519,6 +1520,20 @@ def _train_scores(
         model_sum += float(cosines.sum())
         mean_sum += float(mean_context_row_cosines(ctx, tgt).sum())
     return model_sum / rows.size, mean_sum / rows.size
+
+
+def _data_identity(dataset: Dataset) -> str:
+    """What the round-trip checkpoint names its training data by.
+
+    The file's sha256 when a report already asked for it; otherwise path, size and
+    modification time: the checkpoint lives in a temporary folder for one reload, and a
+    full hash of a 13 GB file (~9 s) would cost more than the training it labels.
+    """
+    known = dataset.sha256_if_requested()
+    if known is not None:
+        return known
+    stat = Path(dataset.path).stat()
+    return f"unhashed:{dataset.path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _checkpoint_roundtrip(

@@ -760,3 +760,19 @@ def test_too_few_sequences_skip(tmp_path: Path) -> None:
     np.savez(tmp_path / "s.npz", context_sequences=contexts, target_vectors=targets)
     with pytest.raises(CheckSkipped, match="at least"):
         smoke.run_smoke(open_dataset(tmp_path / "s.npz"), smoke.TrainConfig(epochs=1))
+
+
+def test_smoke_hashes_the_file_only_when_a_report_asked(
+    walk_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lvmqa.io
+
+    hashed: list[Path] = []
+    real = lvmqa.io.file_sha256
+    monkeypatch.setattr(lvmqa.io, "file_sha256", lambda p: hashed.append(p) or real(p))
+    dataset = open_dataset(walk_files / "train.npz")
+    run = smoke.run_smoke(dataset, smoke.TrainConfig(epochs=1), folds=1)
+    assert run.roundtrip_ok and hashed == []  # the round trip still checks the data id
+    dataset.hash_in_background()
+    smoke.run_smoke(dataset, smoke.TrainConfig(epochs=1), folds=1)
+    assert hashed == [walk_files / "train.npz"]
