@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvmqa.results import CheckResult
+from lvmqa.texts import DEFAULT_BLOCKLIST
 
 ROOT_CAUSE_CODES = (
     "encoder_mismatch",
@@ -35,7 +36,6 @@ ROOT_CAUSE_CODES = (
     "evaluation_fault",
     "healthy",
 )
-DEFAULT_BLOCKLIST = "List of|Disambiguation|Category:"
 
 TITLES = {
     "encoder_mismatch": "Encoder mismatch: vectors come from another embedding space",
@@ -561,7 +561,7 @@ def _actions(causes: list[Cause], facts: Facts) -> list[dict[str, str]]:
         bank = q(facts.source_path) if facts.source_path else "BANK.npz"
         blocklist = ""
         if "low_coherence_dilution" in codes:
-            blocklist = f" --blocklist {q('List of|disambiguation|Category:')}"
+            blocklist = f" --blocklist {q(DEFAULT_BLOCKLIST)}"
         actions.append(
             {
                 "title": "Rebuild the windows inside each article, in chunk order"

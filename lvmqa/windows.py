@@ -85,16 +85,27 @@ def plan_windows(
 
 
 def text_filter(bank: Dataset, *, blocklist: str | None = None, min_chars: int = 0) -> np.ndarray:
-    """Keep-mask over bank rows: drop rows whose text or title matches ``blocklist``."""
+    """Keep-mask over bank rows: drop the blocklisted PAGES (every row of an article whose
+    title matches ``blocklist`` at its start, or whose text is such a heading or a
+    disambiguation lead, as text_quality defines them) and texts under ``min_chars``.
+
+    Never a substring of prose: "returns a list of strings" stays."""
+    from lvmqa.texts import compile_blocklist, text_blocklist_mask, title_blocklist_mask
+
     table = bank.bank_table()
     keep = np.ones(len(table), dtype=bool)
     texts = getattr(bank, "_bank_texts", None)
     if blocklist:
-        pattern = compile_pattern(blocklist, where="--blocklist")  # RE2: linear time
+        pattern = compile_blocklist(blocklist)
+        titles = [t if isinstance(t, str) else None for t in table["title"].tolist()]
+        blocked = title_blocklist_mask(titles, pattern)
         if texts is not None:
-            keep &= np.array([not (isinstance(t, str) and pattern.search(t)) for t in texts])
-        titles = table["title"].fillna("").to_numpy(str)
-        keep &= np.array([not pattern.search(t) for t in titles])
+            strings = [t if isinstance(t, str) else "" for t in texts]
+            blocked |= text_blocklist_mask(strings, pattern)
+        articles = table["article"]
+        if blocked.any() and bool(articles.notna().all()):
+            blocked |= articles.isin(articles[blocked].unique()).to_numpy(dtype=bool)
+        keep &= ~blocked
     if min_chars and texts is not None:
         keep &= np.array([isinstance(t, str) and len(t.strip()) >= min_chars for t in texts])
     return keep
