@@ -15,8 +15,7 @@ are ranked by the share of the gap that their remedy recovers:
   remedy together (the data with every candidate defect removed).
 * Remedies: sort by (article, chunk) — ordering; drop every row whose target is
   duplicated — duplicates (all copies, so no choice of "the right copy" is made from
-  the statistic); drop the flagged low-quality pages — dilution; drop the articles
-  shared with val/OOD — leakage.
+  the statistic); drop the flagged low-quality pages — dilution.
 * Rows chosen from the statistic itself would make the number circular (the seed's
   "coherence recovered to 0.4250"). Pages flagged from their coherence are therefore
   chosen on one half of each article's adjacent pairs and measured on the other half
@@ -25,8 +24,8 @@ are ranked by the share of the gap that their remedy recovers:
   the same weights for the current and the remedied series, independent weights for
   the baseline.
 
-Gaps outside coherence have remedies with their own statistic (re-normalising for
-norms, re-aligning texts by the best offset, dropping leaked articles); those
+Gaps outside coherence (norms, alignment, leakage between splits, which leaves the
+training file's coherence as it is) have remedies with their own statistic; those
 shares are computed from the checks' metrics in :mod:`lvmqa.diagnosis`.
 See docs/diagnosis.md.
 """
@@ -54,12 +53,10 @@ NO_ID_BLOCK_ROWS = 64  # cluster of rows when article ids are unknown
 # A gap is explained when its CI excludes zero; a remedy explains nothing when its
 # share's CI upper bound is under this (it is then ruled out, with its number).
 EXPLAINS_NOTHING = 0.05
-REMEDIES = ("ordering_or_boundary", "duplicates", "low_coherence_dilution", "split_leakage")
 REMEDY_WORDS = {
     "ordering_or_boundary": "sorting by (article, chunk)",
     "duplicates": "removing duplicated targets",
     "low_coherence_dilution": "removing the flagged low-quality pages",
-    "split_leakage": "removing the articles shared with val/OOD",
 }
 
 
@@ -276,18 +273,6 @@ def duplicated_rows(ctx: CheckContext) -> np.ndarray:
     return ctx.cached("attribution_duplicated_rows", compute)
 
 
-def leaked_rows(ctx: CheckContext, results: Mapping[str, CheckResult]) -> np.ndarray | None:
-    """Rows of articles that split_leakage confirmed as shared with val/OOD."""
-    result = results.get("split_leakage")
-    if result is None:
-        return None
-    shared = result.details.get("shared_article_ids") or result.metrics.get("shared_article_ids")
-    view = row_view(ctx)
-    if not shared or view.ids is None:
-        return None
-    return np.isin(view.ids.article, np.asarray(list(shared), dtype=np.int64))
-
-
 FlagFunction = Callable[[int | None], np.ndarray | None]
 
 
@@ -330,7 +315,6 @@ CANDIDATE_CHECKS = {
     "ordering_or_boundary": "sequence_integrity",
     "duplicates": "duplicates",
     "low_coherence_dilution": "text_quality",
-    "split_leakage": "split_leakage",
 }
 
 
@@ -389,9 +373,6 @@ def coherence_attribution(
     dups = duplicated_rows(ctx)
     if dups.any():
         drops["duplicates"] = dups
-    leaked = leaked_rows(ctx, results)
-    if leaked is not None and leaked.any():
-        drops["split_leakage"] = leaked
     flags = dilution_flags(ctx)
     flagged_all = flags(None)
     if flagged_all is not None and flagged_all.any():

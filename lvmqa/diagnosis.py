@@ -129,7 +129,7 @@ def _f(value: Any, digits: int = 4) -> str:
 # and says how much of that check's own gap the cause's remedy recovers
 # (``own_share``). How much of the *coherence* gap a remedy recovers comes from
 # lvmqa.attribution and decides the ranking where the data lost coherence.
-COHERENCE_FAMILY = ("ordering_or_boundary", "duplicates", "low_coherence_dilution", "split_leakage")
+COHERENCE_FAMILY = ("ordering_or_boundary", "duplicates", "low_coherence_dilution")
 
 
 def _normalization(results: Mapping[str, CheckResult]) -> Cause | None:
