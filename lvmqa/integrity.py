@@ -214,6 +214,54 @@ def break_test(
     return BreakTest(share, base_share, excess, (lo, hi), bool(lo > 0 and excess > min_excess_pp))
 
 
+# The tail of the baseline's within-window steps that counts as a break.
+BREAK_STEP_QUANTILE = 1.0  # percent
+
+
+def broken_windows(steps: np.ndarray, threshold: float) -> np.ndarray:
+    """Per window, 1.0 when one of its steps (context j -> j+1) is below ``threshold``
+    (NaN when no step is defined): a window that straddles two articles has one step
+    between unrelated chunks."""
+    with np.errstate(invalid="ignore"):
+        lowest = np.nanmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
+    out = (lowest < threshold).astype(np.float64)
+    out[~np.isfinite(lowest)] = np.nan
+    return out
+
+
+def window_break_test(
+    current: CoherencePass,
+    baseline: CoherencePass | None,
+    *,
+    min_excess_pp: float,
+    reps: int = BOOTSTRAP_REPS,
+    rng: np.random.Generator | None = None,
+) -> BreakTest:
+    """More windows with a break than the baseline, beyond noise and ``min_excess_pp``?
+
+    A break is a step below the baseline's own 1 % quantile of steps, so the threshold
+    follows the encoder's and the corpus's cosine scale. A window has C - 1 steps, so
+    the few windows straddling an interleaved boundary stand out more than single
+    file-order pairs do (partial interleaving)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if baseline is None or current.step_cosines.shape[1] == 0:
+        return BreakTest(float("nan"), None, None, None, False)
+    base_steps = baseline.step_cosines
+    if not np.isfinite(base_steps).any():
+        return BreakTest(float("nan"), None, None, None, False)
+    threshold = float(np.nanpercentile(base_steps, BREAK_STEP_QUANTILE))
+    cur = broken_windows(current.step_cosines, threshold)
+    base = broken_windows(base_steps, threshold)
+    if not (np.isfinite(cur).any() and np.isfinite(base).any()):
+        return BreakTest(float("nan"), None, None, None, False)
+    share, base_share = float(np.nanmean(cur)), float(np.nanmean(base))
+    diff = block_bootstrap_means(cur, block_length(cur), reps, rng)[:, 0]
+    diff = diff - block_bootstrap_means(base, block_length(base), reps, rng)[:, 0]
+    lo, hi = percentile_ci(100.0 * diff)
+    excess = 100.0 * (share - base_share)
+    return BreakTest(share, base_share, excess, (lo, hi), bool(lo > 0 and excess > min_excess_pp))
+
+
 # ----------------------------------------------------------------------- runs test
 @dataclass(frozen=True)
 class RunsTest:
@@ -445,7 +493,23 @@ def check_sequence_integrity(ctx: CheckContext) -> CheckResult:
         cpass.lag_cosines, rng=seeded_rng(ctx, "ordering"), random_pair_mean=cpass.random_pair_mean
     )
     runs = runs_test(cpass.file_order, low)
-    breaks, baseline_note = _break_test(ctx, cpass)
+    breaks, window_breaks, baseline_note = _break_test(ctx, cpass)
+    if (
+        window_breaks.significant
+        and not breaks.significant
+        and runs.pattern == "scattered"
+        and ordering.verdict != "broken"
+    ):
+        ordering = replace(
+            ordering,
+            verdict="broken",
+            reason=(
+                f"{100 * window_breaks.share:.1f} % of windows hold a step as unrelated as "
+                f"the baseline's lowest 1 % vs {100 * (window_breaks.baseline_share or 0):.1f}"
+                f" % in the baseline (+{window_breaks.excess_pp:.1f} pp), isolated rather "
+                "than in stretches: windows straddle interleaved articles"
+            ),
+        )
     if breaks.significant and runs.pattern == "scattered" and ordering.verdict != "broken":
         # Partly interleaved rows still decay with distance (most neighbours are related);
         # what gives them away is the isolated, random-like adjacencies.
@@ -483,6 +547,12 @@ def check_sequence_integrity(ctx: CheckContext) -> CheckResult:
         "baseline_random_like_adjacency_share": breaks.baseline_share,
         "random_like_excess_pp": breaks.excess_pp,
         "random_like_excess_ci_pp": list(breaks.excess_ci_pp) if breaks.excess_ci_pp else None,
+        "broken_window_share": window_breaks.share,
+        "baseline_broken_window_share": window_breaks.baseline_share,
+        "broken_window_excess_pp": window_breaks.excess_pp,
+        "broken_window_excess_ci_pp": (
+            list(window_breaks.excess_ci_pp) if window_breaks.excess_ci_pp else None
+        ),
         **_runs_metrics(runs),
         "position_profile": profile.profile,
         "position_profile_rise": profile.rise,
@@ -514,7 +584,7 @@ def check_sequence_integrity(ctx: CheckContext) -> CheckResult:
     )
 
 
-def _break_test(ctx: CheckContext, cpass: CoherencePass) -> tuple[BreakTest, str | None]:
+def _break_test(ctx: CheckContext, cpass: CoherencePass) -> tuple[BreakTest, BreakTest, str | None]:
     """The break test against the baseline's pass when one is configured and readable."""
     pp = float(ctx.threshold("drift_low_share_pp", DEFAULT_DRIFT_LOW_SHARE_PP))
     note = None
@@ -528,7 +598,9 @@ def _break_test(ctx: CheckContext, cpass: CoherencePass) -> tuple[BreakTest, str
     if base_pass is None and note is None:
         note = "no baseline: the random-like adjacency share is reported, not judged"
     rng = seeded_rng(ctx, "breaks")
-    return break_test(cpass, base_pass, min_excess_pp=pp, rng=rng), note
+    pairs = break_test(cpass, base_pass, min_excess_pp=pp, rng=rng)
+    windows = window_break_test(cpass, base_pass, min_excess_pp=pp, rng=rng)
+    return pairs, windows, note
 
 
 def _ordering_metrics(test: OrderingTest) -> dict[str, Any]:

@@ -365,7 +365,9 @@ def test_coherence_check_on_a_file_without_ids(tmp_path: Path) -> None:
     )
     result = run_check(context(session, "plain"), "coherence")
     assert result.status == "passed"
-    assert result.gates == []
+    # No calibrated level for this data: the one gate is the uncalibrated excess over
+    # random pairs, which could fail (see the next test).
+    assert [g.metric for g in result.gates] == ["adjacent_excess_over_random_ci_low"]
     m = result.metrics
     assert m["file_order_n"] == len(targets) - 1 == sum(m["file_order_histogram"])
     assert m["article_order_mean"] is None
@@ -373,6 +375,24 @@ def test_coherence_check_on_a_file_without_ids(tmp_path: Path) -> None:
     assert len(m["position_profile"]) == 5
     assert m["position_profile"][-1] == pytest.approx(m["last_context_to_target_mean"])
     assert result.details["lowest_articles"]["rows"] == []
+
+
+def test_coherence_fails_when_adjacent_vectors_are_no_closer_than_random(
+    tmp_path: Path,
+) -> None:
+    """Vectors unrelated to their order (shuffled rows, vectors of other texts): the
+    excess over random pairs is ~0, its CI reaches 0, and the gate fails on any encoder."""
+    rng = np.random.default_rng(16)
+    rows = unit(rng.standard_normal((400, 16)))
+    contexts, targets = file_windows(rows)
+    session = session_for(
+        tmp_path, {"noise": {"context_sequences": contexts, "target_vectors": targets}}
+    )
+    result = run_check(context(session, "noise"), "coherence")
+    assert result.status == "failed"
+    low, high = result.metrics["adjacent_excess_over_random_ci"]
+    assert low <= 0 <= high + 0.05
+    assert abs(result.metrics["adjacent_excess_over_random"]) < 0.05
 
 
 def test_coherence_check_survives_zero_and_nan_rows(tmp_path: Path) -> None:
@@ -409,6 +429,7 @@ def test_absolute_gates_only_where_the_registry_sets_them(tmp_path: Path) -> Non
     assert {g.metric: (g.kind, g.passed) for g in result.gates} == {
         "file_order_mean": ("registry", False),
         "file_order_low_share": ("registry", True),
+        "adjacent_excess_over_random_ci_low": ("statistical", True),
     }
 
 

@@ -13,11 +13,13 @@ from lvmqa.checks import run_check
 from lvmqa.coherence import RowIds, coherence_pass_of_arrays
 from lvmqa.integrity import (
     break_test,
+    broken_windows,
     ordering_test,
     pair_classes,
     position_profile_test,
     random_like_series,
     runs_test,
+    window_break_test,
     window_integrity,
 )
 from tests.synthetic import file_windows, session_for, unit, walk_articles
@@ -365,3 +367,40 @@ def test_partial_interleaving_without_ids_is_caught_against_the_baseline(
     alone = run_check(session.context("alone"), "sequence_integrity")
     assert alone.metrics["ordering_verdict"] == "ordered"  # no ids, no baseline: undetectable
     assert "no baseline" in alone.details["baseline_note"]
+
+
+def test_broken_windows_count_windows_with_one_step_below_the_threshold() -> None:
+    steps = np.array([[0.5, 0.6, 0.7], [0.5, 0.01, 0.7], [np.nan, np.nan, np.nan],
+                      [np.nan, 0.02, 0.9]])
+    out = broken_windows(steps, 0.05)
+    assert out[:2].tolist() == [0.0, 1.0] and np.isnan(out[2]) and out[3] == 1.0
+
+
+def test_window_breaks_find_partial_interleaving_and_spare_clean_data(tmp_path: Path) -> None:
+    """A fifth of the articles written in alternating bursts: their windows straddle
+    articles, so more windows hold a random-like step than in the baseline; a second
+    clean sample of the same process does not."""
+    from lvmqa.coherence import coherence_pass
+
+    rng = np.random.default_rng(40)
+    lengths = [int(x) for x in rng.integers(25, 40, 60)]
+    base_rows, _, _ = walk_articles(rng, lengths, 32)
+    clean_rows, _, _ = walk_articles(rng, lengths, 32)
+    rows, art, _ = walk_articles(rng, lengths, 32)
+    mixed = art < 12  # the first 12 articles: two writers alternate bursts of 2 chunks
+    order = list(np.flatnonzero(~mixed))
+    for a in range(0, 12, 2):
+        first, second = list(np.flatnonzero(art == a)), list(np.flatnonzero(art == a + 1))
+        while first or second:
+            order += first[:2] + second[:2]
+            first, second = first[2:], second[2:]
+    files = {}
+    for name, data in (("base", base_rows), ("clean", clean_rows), ("partial", rows[order])):
+        contexts, targets = file_windows(data)
+        files[name] = {"context_sequences": contexts, "target_vectors": targets}
+    session = session_for(tmp_path, files)
+    passes = {name: coherence_pass(session.context(name)) for name in files}
+    hit = window_break_test(passes["partial"], passes["base"], min_excess_pp=5.0)
+    miss = window_break_test(passes["clean"], passes["base"], min_excess_pp=5.0)
+    assert hit.significant and hit.excess_pp is not None and hit.excess_pp > 5
+    assert not miss.significant
