@@ -328,13 +328,15 @@ def test_outputs_never_overwrite_inputs_and_full_disks_fail_in_one_line(
     }
     pytest_runs = {
         "--lvmqa-json DATA": [*PYTEST, f"--dataset={seqs}", f"--lvmqa-json={seqs}"],
-        "--html DATA": [*PYTEST, f"--dataset={seqs}", f"--html={seqs}"],
+        "--html DATA": [*PYTEST, f"--dataset={seqs}", f"--html={seqs}", "--self-contained-html"],
     }
     runs = run_capped([*cli.values(), *pytest_runs.values()], tmp_path, tmp_path)
     for name, run in zip([*cli, *pytest_runs], runs, strict=True):
         is_cli = name in cli
         assert run.code == (CLI_USAGE_EXIT if is_cli else PYTEST_USAGE_EXIT), (name, run.err)
-        line = one_error_line(run, "lvmqa: error:" if is_cli else "ERROR:")
+        # `lvmqa check` runs pytest, whose usage error is pytest's "ERROR:" line
+        prefix = "lvmqa: error:" if is_cli and name != "check --json DATA" else "ERROR:"
+        line = one_error_line(run, prefix)
         if name == "fingerprint factory":
             assert "untrusted registry cannot run code" in line, line
         else:
