@@ -359,3 +359,40 @@ def test_cli_and_pytest_refuse_with_one_line(tmp_path: Path) -> None:
         assert "evil.npz" in lines[0]
     assert not marker.exists()
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------ budgets (issue 13)
+def test_bytearray_cannot_allocate_from_a_number() -> None:
+    with pytest.raises(pickle.UnpicklingError, match="bytearray"):
+        safe_loads(b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00@\x85R.")  # bytearray(1 GiB)
+
+
+def test_a_length_claim_beyond_the_data_is_refused_before_allocating() -> None:
+    claim = b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc."  # BINBYTES8 1 TiB
+    with pytest.raises(DatasetFormatError, match="a length of 1099511627776 bytes"):
+        safe_loads(claim)
+
+
+def test_a_memo_index_far_beyond_the_entries_written_is_refused() -> None:
+    # LONG_BINPUT 2^28 would make the C unpickler zero a 4 GiB memo table
+    with pytest.raises(DatasetFormatError, match="memo index 268435456"):
+        safe_loads(b"\x80\x02N" + b"r" + (1 << 28).to_bytes(4, "little") + b".")
+
+
+def test_billion_laughs_is_refused_in_linear_time() -> None:
+    import time
+
+    out = bytearray(b"\x80\x02]q\x00X\x03\x00\x00\x00lola0")
+    for level in range(1, 40):
+        out += b"](" + (b"h" + bytes([level - 1])) * 10 + b"eq" + bytes([level]) + b"0"
+    out += b"h" + bytes([39]) + b"."
+    started = time.monotonic()
+    with pytest.raises(UnsafePickleError, match="expands far beyond its size"):
+        safe_loads(bytes(out))
+    assert time.monotonic() - started < 1
+
+
+def test_shared_references_within_budget_still_load() -> None:
+    title = "a title shared by every chunk of its article"
+    rows = [{"article_title": title, "chunk": i} for i in range(1000)]
+    assert safe_loads(pickle.dumps(rows, protocol=2)) == rows
