@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -460,6 +461,15 @@ class Dataset:
                     key=key,
                     expected="integer array",
                     found=str(arr.dtype),
+                )
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+                row = int(np.argmax(arr > _INT64_MAX))
+                raise DatasetFormatError(
+                    "id is too large",
+                    path=self.path,
+                    key=key,
+                    expected=f"integers up to {_INT64_MAX}",
+                    found=f"{int(arr[row])} at row {row}",  # the stored value, not a wrapped -1
                 )
             return pd.Series(pd.array(arr.astype(np.int64), dtype="Int64"))
         return pd.Series(pd.array([_as_text(v) for v in arr], dtype="string"))
@@ -991,9 +1001,26 @@ def _as_text(value: object) -> str | None:
     return str(value)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _is_id(value: object) -> bool:
+    """A metadata id lvmqa can hold: an integer (or integral float) that fits in int64."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    if isinstance(value, (float, np.floating)) and not (
+        math.isfinite(value) and float(value).is_integer()
+    ):
+        return False
+    return -_INT64_MAX - 1 <= int(value) <= _INT64_MAX
+
+
 def _to_int(series: pd.Series, source: str, key: str) -> pd.Series:
-    values = pd.to_numeric(series, errors="coerce")
-    bad = series.notna() & (values.isna() | (values % 1 != 0))
+    # Python ints beyond int64, 1e30 and complex numbers make pandas raise (or wrap):
+    # any value that is not an int64 id is the one-line error below, naming it.
+    unfit = series.notna() & ~series.map(_is_id)
+    values = pd.to_numeric(series.astype(object).where(~unfit), errors="coerce")
+    bad = series.notna() & (unfit | values.isna() | (values % 1 != 0))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DatasetFormatError(
@@ -1011,6 +1038,10 @@ def _parse_json(raw: str | bytes, source: str, key: str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise DatasetFormatError("member is not valid JSON", path=source, key=key) from None
+    except RecursionError:
+        raise DatasetFormatError(
+            "member is not valid JSON", path=source, key=key, found="nesting too deep"
+        ) from None
 
 
 def open_dataset(
@@ -1061,10 +1092,18 @@ def _role_series(role: str, values: pd.Series) -> pd.Series | str:
         )
     if values.dtype.kind == "b":
         return "the values are booleans"
+    if values.dtype.kind == "u" and len(values) and int(values.max()) > _INT64_MAX:
+        row = int(np.argmax(values.to_numpy() > _INT64_MAX))  # the stored value, not a wrapped -1
+        return f"{int(values.iloc[row])} at row {row} is too large (ids fit in int64)"
     if values.dtype.kind in "iu":
         return pd.Series(pd.array(values.to_numpy(np.int64), dtype="Int64"))
-    numeric = pd.to_numeric(values, errors="coerce")
-    bad = (values.notna() & (numeric.isna() | (numeric % 1 != 0))).to_numpy()
+    if values.dtype.kind == "c":  # one complex id makes pandas read the whole column so
+        row = int(np.argmax(values.to_numpy().imag != 0))
+        return f"{complex(values.iloc[row])!r} at row {row} is a complex number"
+    # Python ints beyond int64, 1e30 and complex numbers make pandas raise or wrap.
+    unfit = (values.notna() & ~values.map(_is_id)).to_numpy()
+    numeric = pd.to_numeric(values.astype(object).where(~unfit), errors="coerce")
+    bad = unfit | (values.notna() & (numeric.isna() | (numeric % 1 != 0))).to_numpy()
     if not bad.any():
         return numeric.round().astype("Int64").reset_index(drop=True)
     texts = values[bad]
