@@ -149,7 +149,7 @@ def load_results(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LvmqaError("results file not found", path=path) from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise LvmqaError("not a JSON results file", path=path) from None
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise LvmqaError(
@@ -2264,7 +2264,17 @@ CSS = """
 
 
 def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(surrogate_safe(str(text)), quote=True)
+
+
+def surrogate_safe(text: str) -> str:
+    """``text`` writable as UTF-8: lone surrogates from a dataset's texts become U+FFFD
+    (else writing the report raises, and pytest-html leaves a 0-byte file)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
 
 
 def _html_cell(cell: CellLike, tag: str = "td") -> str:
@@ -2413,7 +2423,7 @@ class HtmlReportHooks:
 
 def _md_text(text: Any) -> str:
     """Inline Markdown: HTML-escaped (GitHub renders raw HTML), one line, pipes escaped."""
-    value = html.escape(" ".join(str(text).split()), quote=False)
+    value = html.escape(surrogate_safe(" ".join(str(text).split())), quote=False)
     return value.replace("|", "\\|").replace("`", "\\`")
 
 
