@@ -511,6 +511,42 @@ def executive_summary(view: View, titles: Mapping[str, tuple[str, str]]) -> list
     return [Box(blocks, cls=f"summary {_verdict_class(verdict)}")]
 
 
+def attribution_blocks(view: View) -> list[Block]:
+    """What each remedy, applied virtually, recovers of the coherence drop (the
+    measurement that ranks the causes; docs/diagnosis.md)."""
+    gap = _dict(_dict(view.data.get("attribution")).get("coherence"))
+    remedies = [_dict(r) for r in _list(gap.get("remedies"))]
+    if not gap.get("gap_significant") or not remedies:
+        return []
+    rows: list[list[CellLike]] = []
+    for r in remedies:
+        lo, hi = ([*_list(r.get("recovered_share_ci")), None, None])[:2]
+        share = _num(r.get("recovered_share"))
+        cls = "bad" if share is not None and share >= 0.5 else ""
+        rows.append(
+            [
+                str(r.get("remedy", r.get("code", "")))
+                + (" (estimate)" if r.get("estimate") else ""),
+                Cell(_pct(share, 0), cls or "num"),
+                Cell(f"{_pct(_num(lo), 0)} – {_pct(_num(hi), 0)}", "num"),
+                Cell(_pct(_num(r.get("recovered_share_alone")), 0), "num"),
+                "yes" if r.get("candidate") else "no (its check passed)",
+            ]
+        )
+    statistic = str(gap.get("statistic", "file_order")).replace("_", "-")
+    against = "the baseline" if gap.get("reference") == "baseline" else "all remedies together"
+    caption = (
+        f"{statistic} coherence {_f(gap.get('current_mean'))} vs {_f(gap.get('reference_mean'))}"
+        f" for {against}; shares are Shapley values over the candidate remedies, 95 % "
+        "cluster-bootstrap intervals"
+        + ("; measured on held-out pairs" if any(r.get("held_out") for r in remedies) else "")
+    )
+    return [
+        Heading(4, "What each remedy recovers of the coherence drop"),
+        Table(["remedy", "share", "95 % CI", "alone", "candidate"], rows, caption),
+    ]
+
+
 def _key_numbers(view: View) -> list[Item]:
     """The seed's headline numbers, where the checks produced them: training outcome
     against the trivial predictor and the baseline dataset, and coherence against the

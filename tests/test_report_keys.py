@@ -32,3 +32,20 @@ def test_unused_keys_reach_the_json_the_report_and_the_terminal(tmp_path: Path) 
     assert "<b>_scores" not in page
     lines = terminal_summary(results)
     assert any("keys not used (1): weird_<b>_scores (40, float32)" in line for line in lines)
+
+
+def test_the_report_shows_what_each_remedy_recovers() -> None:
+    from lvmqa.report import render_markdown
+
+    remedy = {"code": "ordering_or_boundary", "remedy": "sorting by (article, chunk)",
+              "candidate": True, "recovered_share": 0.94, "recovered_share_ci": [0.9, 0.97],
+              "recovered_share_alone": 0.95, "held_out": False, "estimate": None}
+    results = {"datasets": {"d": {
+        "checks": {},
+        "diagnosis": {"verdict": "failed", "root_causes": []},
+        "attribution": {"coherence": {"gap_significant": True, "statistic": "file_order",
+                                      "reference": "baseline", "current_mean": 0.31,
+                                      "reference_mean": 0.42, "remedies": [remedy]}},
+    }}}
+    page = render_markdown(results)
+    assert "| sorting by (article, chunk) | 94% | 90% – 97% | 95% | yes |" in page
