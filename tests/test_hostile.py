@@ -252,7 +252,13 @@ def test_every_hostile_case_through_cli_and_pytest(corpus: dict[str, Path], tmp_
         labels.append((case, "cli"))
         name = REGISTRY_DATASET.get(case, "good")
         commands.append(
-            [*PYTEST, f"--lvmqa-config={corpus[case]}", f"--dataset={name}", "-k", "norms"]
+            [
+                *PYTEST,
+                f"--lvmqa-config={corpus[case]}",
+                f"--dataset={name}",
+                "-k",
+                "norms or text",
+            ]  # text_quality runs the blocklist
         )
         labels.append((case, "pytest"))
     runs = run_capped(commands, folder, tmp)
