@@ -502,6 +502,7 @@ def executive_summary(view: View, titles: Mapping[str, tuple[str, str]]) -> list
     if causes:
         label = "Root cause" if len(causes) == 1 else "Root causes, most likely first"
         blocks += [Heading(4, label), Items(causes, ordered=True)]
+    blocks += attribution_blocks(view)
     actions = _action_blocks(diag)
     if actions:
         blocks += [Heading(4, "Solution: recommended actions"), *actions]
