@@ -151,7 +151,7 @@ def _limits(fsize: int | None) -> None:
 def run_capped(
     commands: list[list[str]], cwd: Path, tmp: Path, *, fsize: int | None = None
 ) -> list[Run]:
-    """Run ``commands`` two at a time (2 cores) under the caps; peak RSS from wait4."""
+    """Run ``commands`` two at a time (2 cores) under the caps; each child's own peak RSS."""
     env = {**os.environ, "TMPDIR": str(tmp), "LVMQA_CACHE_DIR": str(tmp / "cache")}
     env.pop("LVMQA_TRUST_REGISTRY", None)
     env["PYTHONPATH"] = str(REPO)
@@ -161,35 +161,71 @@ def run_capped(
         batch, pending = pending[:2], pending[2:]
         procs = []
         for argv in batch:
+            hwm = tmp / f"hwm-{len(done) + len(procs)}-{time.monotonic_ns()}.txt"
             procs.append(
                 (
                     argv,
                     time.monotonic(),
                     subprocess.Popen(
-                        argv,
+                        _measured(argv),
                         cwd=cwd,
-                        env=env,
+                        env={**env, "LVMQA_TEST_HWM_FILE": str(hwm)},
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         text=True,
                         errors="replace",
                         preexec_fn=lambda: _limits(fsize),
                     ),
+                    hwm,
                 )
             )
-        for argv, started, proc in procs:
+        for argv, started, proc, hwm in procs:
             try:
                 out, err = proc.communicate(timeout=TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, err = proc.communicate()
                 pytest.fail(f"hang: {argv} ran past {TIMEOUT_S}s")
-            rss = _CHILD_PEAKS[proc.pid]  # recorded by the wait4 reaper below
+            rss = _own_peak(proc, hwm)
             done.append(Run(argv, proc.returncode, out, err, rss, time.monotonic() - started))
     return done
 
 
 _CHILD_PEAKS: dict[int, float] = {}  # pid -> peak RSS (MB) of that child alone
+
+# Linux carries the parent's memory high-water mark into a child across exec (it is
+# folded into the process's maxrss), so wait4's ru_maxrss of a child of a large pytest
+# process is at least that process's size. The child therefore reports the VmHWM of its
+# own address space (after exec) at exit; wait4's number is the fallback.
+_HWM_WRAPPER = (
+    "import atexit, os, runpy, sys\n"
+    "def _report():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        line = next(l for l in status if l.startswith('VmHWM'))\n"
+    "    with open(os.environ['LVMQA_TEST_HWM_FILE'], 'w') as out:\n"
+    "        out.write(line.split()[1])\n"
+    "atexit.register(_report)\n"
+    "module = sys.argv[1]\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _measured(argv: list[str]) -> list[str]:
+    """``python -m MODULE args`` run through the VmHWM-reporting wrapper."""
+    if len(argv) >= 3 and argv[1] == "-m":
+        return [argv[0], "-c", _HWM_WRAPPER, argv[2], *argv[3:]]
+    return argv
+
+
+def _own_peak(proc: subprocess.Popen[str], hwm: Path) -> float:
+    """Peak RSS (MB) of the child's own address space."""
+    if hwm.exists():
+        text = hwm.read_text().strip()
+        hwm.unlink()
+        if text.isdigit():
+            return int(text) / 1024
+    return _CHILD_PEAKS[proc.pid]
 
 
 @pytest.fixture(autouse=True)
