@@ -1522,17 +1522,16 @@ def check_coherence_drift(ctx: CheckContext) -> CheckResult:
         details["warning"] = (
             f"encoders differ ({encoders[0]} vs {encoders[1]}): cosine scales are not comparable"
         )
+    # The rule behind the verdict, on the real numbers: a drift fails when it is beyond
+    # its threshold AND its CI excludes no change (the table's null).
     gates = [
-        Gate(
-            f"{name.replace('_', ' ')}: no significant drift",
-            f"{name}_drift_level",
-            VERDICT_LEVEL[comp.verdict],
-            "<",
-            VERDICT_LEVEL["significant"],
-            "statistical",
-        )
+        gate_table.make(ctx, "coherence_drift", f"{name}_{metric}", value, ci=ci)
         for name, comp in comparisons.items()
         if name in gated
+        for metric, value, ci in (
+            ("mean_drift_pct", comp.mean_drift_pct, comp.mean_drift_pct_ci),
+            ("low_share_change_pp", comp.low_share_change_pp, comp.low_share_change_ci_pp),
+        )
     ]
     message = f"vs baseline '{base_ctx.name}': " + "; ".join(
         comp.describe() for comp in comparisons.values()

@@ -560,30 +560,6 @@ def find(gates: Iterable[Gate], declared: GateSpec) -> Gate | None:
     return None
 
 
-def derive(ctx: CheckContext, declared: GateSpec, result: CheckResult) -> Gate | None:
-    """A declared gate evaluated on the metrics of a check that still builds its own gates.
-
-    Only for ``coherence_drift`` today, whose check gates on verdict levels: its
-    declared gates are the rule behind the verdict (beyond the threshold AND the CI
-    excludes no change), on the real drift numbers, for the definitions it gated.
-    """
-    if any(g.gate_id for g in result.gates) or declared.check not in _DERIVED:
-        return None
-    if not _DERIVED[declared.check](declared, result.metrics):
-        return None
-    return from_metrics(ctx, declared, result.metrics)
-
-
-def _drift_gated(declared: GateSpec, metrics: Mapping[str, Any]) -> bool:
-    gated = metrics.get("gated") or []
-    return any(declared.metric.startswith(f"{name}_") for name in gated)
-
-
-_DERIVED: dict[str, Callable[[GateSpec, Mapping[str, Any]], bool]] = {
-    "coherence_drift": _drift_gated,
-}
-
-
 def not_applied_reason(declared: GateSpec, result: CheckResult) -> str:
     """Why a check did not apply a declared gate to this data, and how to make it apply."""
     details = result.details or {}
