@@ -16,9 +16,9 @@ rounds alternating each measurement with its reference, and prints medians and r
    number of train sequences x epochs at batch 512, same model, data in memory; the
    ratio is per sequence-epoch.
 
-Peak RSS (``ru_maxrss`` from ``wait4``) of every child is printed too; it cannot be
-below this script's own image at fork time (~0.15 GB), which is what ``cat`` shows. Load from other processes skews
-both sides of a ratio alike only when they alternate, as here; absolute seconds do not.
+Peak RSS (``ru_maxrss`` from ``wait4``) of every child is printed too. Load from other
+processes skews both sides of a ratio alike only when they alternate, as here; absolute
+seconds do not.
 
     python bench/bench_suite.py                   # --n 50000, 3 repeats
     python bench/bench_suite.py --n 726014 --dir /big/disk --keep
@@ -235,7 +235,10 @@ def main() -> None:
             rows.append(("4 smoke training", ours, "bare AdamW loop", refs, "<= 1.2"))
             smoke_note = f" (smoke: {n_train:,} train sequences x {SMOKE_EPOCHS} epochs)"
         print()
-        print(f"n = {args.n:,} sequences, {path.stat().st_size / 1e9:.2f} GB{smoke_note}")
+        from lvmqa.io import open_dataset
+
+        n = open_dataset(path).n
+        print(f"n = {n:,} sequences, {path.stat().st_size / 1e9:.2f} GB{smoke_note}")
         print("| goal | lvmqa s | RSS MB | reference | ref s | RSS MB | ratio | target |")
         print("|---|---:|---:|---|---:|---:|---:|---|")
         for name, ours, ref_name, refs, target in rows:
