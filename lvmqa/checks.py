@@ -155,6 +155,9 @@ class Session:
         self.contexts: dict[str, CheckContext] = {}
         self.results: dict[str, dict[str, CheckResult]] = {}
         self.requested: list[str] = []
+        # Set when a JSON or HTML report will be written: report-only sections (the
+        # filter preview, the file's sha256) are computed only then.
+        self.report_requested = False
 
     def add(self, name_or_path: str) -> str:
         entry = self.registry.dataset(name_or_path)

@@ -180,6 +180,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # at the lowest CPU priority instead of after the checks.
             for name in session.requested:
                 session.context(name).dataset.hash_in_background()
+            session.report_requested = True
     except LvmqaError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session

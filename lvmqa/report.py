@@ -60,7 +60,9 @@ def build_results(session: Any) -> dict[str, Any]:
         datasets[name]["diagnosis"] = _safe_diagnosis(
             diagnose, name, ran_checks, ctx, datasets[name].get("attribution")
         )
-        preview = _filter_preview(ctx, datasets[name]["diagnosis"])
+        # A report-only section that scores every row: never for the terminal summary.
+        wanted = getattr(session, "report_requested", True)
+        preview = _filter_preview(ctx, datasets[name]["diagnosis"]) if wanted else None
         if preview is not None:
             datasets[name]["filter"] = preview
     return {"lvmqa_version": __version__, "datasets": datasets}

@@ -49,3 +49,18 @@ def test_the_report_shows_what_each_remedy_recovers() -> None:
     }}}
     page = render_markdown(results)
     assert "| sorting by (article, chunk) | 94% | 90% – 97% | 95% | yes |" in page
+
+
+def test_the_filter_preview_is_computed_only_for_a_report(tmp_path: Path) -> None:
+    """It scores every row (30 s at 200k rows): the terminal summary never needs it."""
+    rng = np.random.default_rng(3)
+    targets = unit(rng.standard_normal((60, 8)))
+    targets[30:] = targets[:30]  # half the rows are exact duplicates: a filterable cause
+    contexts = unit(rng.standard_normal((60, 5, 8)))
+    session = session_for(tmp_path, {"d": {"context_sequences": contexts,
+                                           "target_vectors": targets}})
+    session.add("d")
+    session.run("d", "duplicates")
+    assert "filter" not in build_results(session)["datasets"]["d"]
+    session.report_requested = True
+    assert "filter" in build_results(session)["datasets"]["d"]
