@@ -56,7 +56,8 @@ def refuse_overwrite_of_inputs(
             why = _overlap(Path(output), source)
             if why is not None:
                 raise LvmqaError(
-                    f"output would overwrite the input: the {option} {why} (refused even with --force)",
+                    f"output would overwrite the input: the {option} {why} "
+                    "(refused even with --force)",
                     path=str(output),
                     expected="an output path outside every input",
                     found=f"input {source}",
