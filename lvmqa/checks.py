@@ -175,6 +175,13 @@ class Session:
 
     def open(self, entry: DatasetEntry) -> Dataset:
         path = self.data_path(entry)
+        manifest = path.with_name(path.name.removesuffix(".npz") + ".manifest.json")
+        if manifest.is_file():
+            # A filter output set: refuse one that a crash or a concurrent run left
+            # incomplete or mixed (each file's hash is in the manifest, written last).
+            from lvmqa.filtering import verify_output_set
+
+            verify_output_set(manifest)
         return Dataset(path, context_length=entry.context_length, key_map=entry.keys)
 
     def data_path(self, entry: DatasetEntry) -> Path:

@@ -860,16 +860,18 @@ def verify_output_set(manifest_path: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         output = manifest["output"]
+        # The set's files are the manifest's siblings: names only, so a manifest can
+        # point nowhere else (and a set moved as a whole still verifies).
         pairs = (
-            (Path(output["dataset"]), output["sha256"]),
-            (Path(output["mask"]), output["mask_sha256"]),
+            (path.parent / Path(str(output["dataset"])).name, output["sha256"]),
+            (path.parent / Path(str(output["mask"])).name, output["mask_sha256"]),
         )
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise LvmqaError(
             "not a complete filter manifest", path=path, found=type(exc).__name__
         ) from None
     for file, digest in pairs:
-        if not file.exists() or file_sha256(file) != digest:
+        if not file.is_file() or file_sha256(file) != digest:
             raise LvmqaError(
                 "filter output set is incomplete or mixed (a file does not match its manifest)",
                 path=path,

@@ -456,3 +456,18 @@ def test_trust_is_never_inferred_from_the_registry_location(
     monkeypatch.setenv("LVMQA_TRUST_REGISTRY", "1")
     assert trust_granted(None) is True
     assert trust_granted(False) is False
+
+
+def test_checking_a_mixed_filter_output_set_fails_in_one_line(tmp_path: Path) -> None:
+    """Readers verify the set: `lvmqa check` on a filtered file whose mask no longer
+    matches its manifest refuses it (exit 2) instead of checking a mixed set."""
+    seqs = bad._save(tmp_path / "seqs.npz", **bad.good_arrays())
+    out = tmp_path / "o" / "x"
+    (ok,) = run_capped([[*LVMQA, "filter", str(seqs), "--out", str(out)]], tmp_path, tmp_path)
+    assert ok.code == 0, ok.err
+    (tmp_path / "o" / "x.mask.npy").write_bytes(b"tampered")
+    (run,) = run_capped([[*LVMQA, "check", str(tmp_path / "o" / "x.npz"), "--no-smoke"]],
+                        tmp_path, tmp_path)
+    assert run.code == 2
+    line = one_error_line(run, "ERROR: ")
+    assert "incomplete or mixed" in line and "x.mask.npy" in line
