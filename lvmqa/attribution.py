@@ -113,10 +113,13 @@ class RowView:
     n_clusters: int
     sliding: bool  # the model reads file order (windows slide over the rows)
     read_rows: Callable[[int, int], np.ndarray]
+    # The article-order pass's (first row, cosine) of within-article pairs, when ids are
+    # known: sorting reuses them instead of reading a shuffled file's pairs again.
+    article_pairs: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def row_view(ctx: CheckContext) -> RowView:
-    from lvmqa.coherence import coherence_pass, resolve_row_ids
+    from lvmqa.coherence import article_order, coherence_pass, resolve_row_ids
 
     def compute() -> RowView:
         cpass = coherence_pass(ctx)
@@ -140,9 +143,19 @@ def row_view(ctx: CheckContext) -> RowView:
             n_clusters,
             cpass.file_order_is_window_order,
             ctx.dataset.target_rows,
+            _article_pairs(ctx, ids, article_order),
         )
 
     return ctx.cached("attribution_row_view", compute)
+
+
+def _article_pairs(
+    ctx: CheckContext, ids: RowIds | None, article_order: Callable[[Any], Any]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if ids is None or not ids.complete:
+        return None
+    order = article_order(ctx)
+    return None if order is None else (order.first, order.cosines)
 
 
 def _pairs_cosines(view: RowView, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -180,7 +193,17 @@ def _sorted_order(view: RowView) -> tuple[np.ndarray, np.ndarray]:
 
     assert view.ids is not None
     order = article_order_rows(view.ids)
-    cos_next = _pairs_cosines(view, order[:-1], order[1:])
+    cos_next = np.full(max(order.size - 1, 0), np.nan, dtype=np.float32)
+    known = np.zeros(cos_next.size, dtype=bool)
+    if view.article_pairs is not None and cos_next.size:
+        # Each within-article pair is consecutive in this order (article_order_pairs).
+        first, cosines = view.article_pairs
+        rank = np.empty(view.n, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        at = rank[first]
+        cos_next[at], known[at] = cosines, True
+    rest = np.flatnonzero(~known)  # article boundaries and repeated keys: few
+    cos_next[rest] = _pairs_cosines(view, order[rest], order[rest + 1])
     return order, cos_next
 
 

@@ -206,6 +206,21 @@ def break_test(
     if baseline is None:
         return BreakTest(share, None, None, None, False)
     base = random_like_series(baseline.file_order, baseline.random_pair_mean)
+    return _compared_shares(cur, base, min_excess_pp, reps, rng, share=share)
+
+
+def _compared_shares(
+    cur: np.ndarray,
+    base: np.ndarray,
+    min_excess_pp: float,
+    reps: int,
+    rng: np.random.Generator,
+    *,
+    share: float | None = None,
+) -> BreakTest:
+    """Share of 1s in ``cur`` vs ``base`` (NaN excluded), with a block-bootstrap CI of the
+    excess in pp; significant when the CI is above 0 AND the excess beyond the rule."""
+    share = float(np.nanmean(cur)) if share is None else share
     base_share = float(min(1.0, np.nanmean(base))) if np.isfinite(base).any() else float("nan")
     diff = block_bootstrap_means(cur, block_length(cur), reps, rng)[:, 0]
     diff = diff - block_bootstrap_means(base, block_length(base), reps, rng)[:, 0]
@@ -254,12 +269,7 @@ def window_break_test(
     base = broken_windows(base_steps, threshold)
     if not (np.isfinite(cur).any() and np.isfinite(base).any()):
         return BreakTest(float("nan"), None, None, None, False)
-    share, base_share = float(np.nanmean(cur)), float(np.nanmean(base))
-    diff = block_bootstrap_means(cur, block_length(cur), reps, rng)[:, 0]
-    diff = diff - block_bootstrap_means(base, block_length(base), reps, rng)[:, 0]
-    lo, hi = percentile_ci(100.0 * diff)
-    excess = 100.0 * (share - base_share)
-    return BreakTest(share, base_share, excess, (lo, hi), bool(lo > 0 and excess > min_excess_pp))
+    return _compared_shares(cur, base, min_excess_pp, reps, rng)
 
 
 # ----------------------------------------------------------------------- runs test
